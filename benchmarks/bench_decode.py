@@ -106,12 +106,25 @@ def make_inputs(tok, batch: int) -> dict[str, torch.Tensor]:
 def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     """The three ways to decode, each a ``generate``-like callable."""
     from svdecode.steered_model import SteeredModel
+    from svdecode.streams import new_cache
 
     steered = SteeredModel.from_peft(peft_model, tok, mu=MU, alpha=ALPHA)
     two_pass = SteeredModel.from_peft(peft_model, tok, mixed_batch=False, mu=MU, alpha=ALPHA)
     assert steered.streams.kind == "lora-mixed-batch", steered.streams.kind
     assert two_pass.streams.kind == "two-pass-adapter-toggle", two_pass.streams.kind
-    return {"plain": peft_model.generate, "steered": steered.generate, "two_pass": two_pass.generate}
+    base = peft_model.get_base_model()
+
+    def plain_growing(**kwargs: Any) -> torch.Tensor:
+        # plain decoding with the KV-cache layout the steered streams use (svdecode.streams.GrowingLayer),
+        # to separate the cost of steering from the cheaper cache
+        return peft_model.generate(**kwargs, past_key_values=new_cache(base))
+
+    return {
+        "plain": peft_model.generate,
+        "plain_growing": plain_growing,
+        "steered": steered.generate,
+        "two_pass": two_pass.generate,
+    }
 
 
 def decode(
@@ -157,8 +170,38 @@ def bench_throughput(
             row[f"{name}_tok_s_best"] = batch * new_tokens / min(ts)
         row["ratio_steered"] = row["steered_tok_s"] / row["plain_tok_s"]
         row["ratio_two_pass"] = row["two_pass_tok_s"] / row["plain_tok_s"]
+        row["ratio_steered_vs_growing"] = row["steered_tok_s"] / row["plain_growing_tok_s"]
+        # each repeat's runs are adjacent in time: their ratios are robust to slow machine drift
+        for name in ("steered", "two_pass"):
+            paired = [p / s for p, s in zip(times["plain"], times[name], strict=True)]
+            row[f"ratio_{name}_paired"] = statistics.median(paired)
         rows.append(row)
     return rows
+
+
+def bench_matmul(base, calls: int = 30) -> dict[str, Any]:
+    """Time of F.linear with the model's weight shapes for M = 1, 2, 8, 16 input rows: steering
+    doubles M (base and adapted rows), and on a CPU whose small-M kernels are compute-bound
+    that doubles the cost at batch 1 while it is nearly free at batch 8."""
+    import torch.nn.functional as F
+
+    rows = [1, 2, 8, 16]
+    layer = base.model.layers[0]
+    weights = [layer.self_attn.q_proj.weight, layer.mlp.down_proj.weight, base.get_output_embeddings().weight]
+    out = []
+    for w in weights:
+        ts = []
+        for m in rows:
+            x = torch.randn(m, w.shape[1])
+            F.linear(x, w)
+            samples = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                F.linear(x, w)
+                samples.append(time.perf_counter() - start)
+            ts.append(1e3 * statistics.median(samples))
+        out.append({"shape": list(w.shape), "ms": ts})
+    return {"rows": rows, "calls": calls, "weights": out}
 
 
 # -- 2. steering math ------------------------------------------------------------------------------
@@ -250,10 +293,11 @@ def report(res: dict[str, Any]) -> None:
         f"model   : {res['model']} + LoRA r=8 alpha=16 on q_proj,v_proj; {PROMPT_TOKENS}-token prompts, greedy"
     )
 
-    print("\n1. Decode throughput, tokens/s (median of repeats after one warm-up)")
+    print("\n1. Decode throughput, tokens/s (median of repeats after one warm-up;")
+    print("   paired = median over repeats of plain time / steered time, runs adjacent in time)")
     head = (
-        f"{'batch':>5} {'tokens':>6} {'reps':>4} | {'plain':>7} {'steered':>7} {'2-pass':>7} | "
-        f"{'steered/plain':>13} {'2-pass/plain':>12} | target"
+        f"{'batch':>5} {'tokens':>6} {'reps':>4} | {'plain':>7} {'plain*':>7} {'steered':>7} {'2-pass':>7} | "
+        f"{'steered/plain':>13} {'paired':>6} {'steered/plain*':>14} {'2-pass/plain':>12} | target"
     )
     print(head + "\n" + "-" * len(head))
     for row in res["throughput"]:
@@ -261,8 +305,23 @@ def report(res: dict[str, Any]) -> None:
         mark = f">= {target:.2f} {verdict(row['ratio_steered'] >= target)}" if target else "-"
         print(
             f"{row['batch']:>5} {row['new_tokens']:>6} {row['repeats']:>4} | {row['plain_tok_s']:>7.1f} "
-            f"{row['steered_tok_s']:>7.1f} {row['two_pass_tok_s']:>7.1f} | {row['ratio_steered']:>13.3f} "
-            f"{row['ratio_two_pass']:>12.3f} | {mark}"
+            f"{row['plain_growing_tok_s']:>7.1f} {row['steered_tok_s']:>7.1f} {row['two_pass_tok_s']:>7.1f} | "
+            f"{row['ratio_steered']:>13.3f} {row['ratio_steered_paired']:>6.3f} "
+            f"{row['ratio_steered_vs_growing']:>14.3f} {row['ratio_two_pass']:>12.3f} | {mark}"
+        )
+    print(
+        "   plain* = plain decoding with the steered streams' KV cache (GrowingLayer instead of DynamicLayer)"
+    )
+
+    mm = res["matmul"]
+    print(f"\n   Why batch 1 is hard here: one linear layer with M input rows, ms (median of {mm['calls']})")
+    print(f"   {'weight':>12} | " + " ".join(f"{'M=' + str(m):>7}" for m in mm["rows"]) + " | M=2 / M=1")
+    for w in mm["weights"]:
+        ts = w["ms"]
+        print(
+            f"   {w['shape'][0]:>5}x{w['shape'][1]:<6} | "
+            + " ".join(f"{t:>7.3f}" for t in ts)
+            + f" | {ts[1] / ts[0]:.2f}"
         )
 
     st = res["steer_math"]
@@ -324,6 +383,8 @@ def main() -> None:
     model = f"{args.model} ({n_params:.0f}M params, vocab {vocab})"
     res: dict[str, Any] = {"env": environment(), "model": model}
     res["throughput"] = bench_throughput(peft_model, tok, args.batches, args.new_tokens, args.repeats)
+    with torch.inference_mode():
+        res["matmul"] = bench_matmul(base)
     del peft_model
     res["steer_math"] = bench_steer_time(args.steer_calls) | run_child(args, "steer_memory", STEER_MEMORY_ENV)
     res["rss"] = bench_rss(args)

@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from svdecode.models import ModelLoadError, check_same_vocabulary
 
@@ -65,8 +66,81 @@ class StreamCache:
         return self.caches[-1].get_seq_length() == 0
 
 
-def _new_cache(model: torch.nn.Module) -> DynamicCache:
-    return DynamicCache(config=model.config)
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` that appends new keys/values into spare capacity.
+
+    ``DynamicLayer`` re-concatenates the whole layer cache for every new token (O(length) copy
+    and a fresh allocation per step); the joint ``[adapted; base]`` cache doubles that cost. Here
+    ``keys``/``values`` are views of buffers that grow geometrically, so a decode step copies only
+    the new token. Anything that replaces ``keys`` from outside (transformers' batch selection,
+    repetition) is picked up on the next ``update``.
+    """
+
+    GROWTH = 1.5
+    MIN_SPARE = 64  # tokens of headroom on the first allocation: a typical generation never regrows
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._kbuf: torch.Tensor | None = None
+        self._vbuf: torch.Tensor | None = None
+
+    def _owns_views(self) -> bool:
+        return self._kbuf is not None and self.keys is getattr(self, "_kview", None)
+
+    def _regrow(self, needed: int, like_k: torch.Tensor, like_v: torch.Tensor) -> None:
+        held = self.get_seq_length() if self.keys is not None else 0
+        old_cap = self._kbuf.shape[-2] if self._owns_views() else 0
+        cap = max(needed + self.MIN_SPARE, int(old_cap * self.GROWTH))
+        kbuf = like_k.new_empty(*like_k.shape[:-2], cap, like_k.shape[-1])
+        vbuf = like_v.new_empty(*like_v.shape[:-2], cap, like_v.shape[-1])
+        if held:
+            kbuf[..., :held, :].copy_(self.keys)
+            vbuf[..., :held, :].copy_(self.values)
+        self._kbuf, self._vbuf = kbuf, vbuf
+
+    def _set_views(self, length: int) -> None:
+        self.keys = self._kview = self._kbuf[..., :length, :]
+        self.values = self._vbuf[..., :length, :]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        held = self.get_seq_length()
+        needed = held + key_states.shape[-2]
+        if not self._owns_views() or needed > self._kbuf.shape[-2]:
+            self._regrow(needed, key_states, value_states)
+        self._kbuf[..., held:needed, :].copy_(key_states)
+        self._vbuf[..., held:needed, :].copy_(value_states)
+        self._set_views(needed)
+        return self.keys, self.values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        # a crop slices our view from the start: still our buffer, so keep appending in place
+        if self.is_initialized and self._kbuf is not None and self.keys.data_ptr() == self._kbuf.data_ptr():
+            self._set_views(self.keys.shape[-2])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.get_seq_length() == 0:
+            return
+        if not self._owns_views():
+            super().reorder_cache(beam_idx)
+            return
+        idx = beam_idx.to(self._kbuf.device)
+        held = self.get_seq_length()
+        self._kbuf = self._kbuf.index_select(0, idx)
+        self._vbuf = self._vbuf.index_select(0, idx)
+        self._set_views(held)
+
+
+def new_cache(model: torch.nn.Module) -> DynamicCache:
+    """An empty KV cache for ``model`` whose full-attention layers are :class:`GrowingLayer`."""
+    cache = DynamicCache(config=model.config)
+    # sliding-window and other special layers keep their own logic
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 class LogitStreams(ABC):
@@ -140,7 +214,7 @@ class MixedBatchLoRAStreams(_PeftStreams):
     kind = "lora-mixed-batch"
 
     def new_cache(self) -> StreamCache:
-        return StreamCache([_new_cache(self.peft_model.get_base_model())], joint=True)
+        return StreamCache([new_cache(self.peft_model.get_base_model())], joint=True)
 
     def forward(self, input_ids, attention_mask, cache=None, logits_to_keep=0):
         batch = input_ids.shape[0]
@@ -162,7 +236,7 @@ class ToggleAdapterStreams(_PeftStreams):
 
     def new_cache(self) -> StreamCache:
         base = self.peft_model.get_base_model()
-        return StreamCache([_new_cache(base), _new_cache(base)], joint=False)
+        return StreamCache([new_cache(base), new_cache(base)], joint=False)
 
     def forward(self, input_ids, attention_mask, cache=None, logits_to_keep=0):
         caches = cache.caches if cache is not None else [None, None]
@@ -190,7 +264,7 @@ class PromptLearningStreams(_PeftStreams):
 
     def new_cache(self) -> StreamCache:
         return StreamCache(
-            [_new_cache(self.base), _new_cache(self.base)], joint=False, prefix_len=self.n_virtual
+            [new_cache(self.base), new_cache(self.base)], joint=False, prefix_len=self.n_virtual
         )
 
     def _adapted(self, input_ids, attention_mask, cache, logits_to_keep) -> torch.Tensor:
@@ -252,7 +326,7 @@ class TwoModelStreams(LogitStreams):
         return [self.adapted, self.base]
 
     def new_cache(self) -> StreamCache:
-        return StreamCache([_new_cache(self.adapted), _new_cache(self.base)], joint=False)
+        return StreamCache([new_cache(self.adapted), new_cache(self.base)], joint=False)
 
     def forward(self, input_ids, attention_mask, cache=None, logits_to_keep=0):
         caches = cache.caches if cache is not None else [None, None]

@@ -16,12 +16,19 @@ from peft import (
     PromptTuningConfig,
     get_peft_model,
 )
+from transformers.cache_utils import DynamicLayer
 
 from svdecode import steer_logits
 from svdecode.config import CONFIG_NAME, ConfigError, SteeringConfig
 from svdecode.models import ModelLoadError
 from svdecode.steered_model import SteeredModel
-from svdecode.streams import MixedBatchLoRAStreams, ToggleAdapterStreams, make_streams, positions_from_mask
+from svdecode.streams import (
+    GrowingLayer,
+    MixedBatchLoRAStreams,
+    ToggleAdapterStreams,
+    make_streams,
+    positions_from_mask,
+)
 
 PEFT_CONFIGS = {
     "lora": lambda: LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
@@ -106,6 +113,41 @@ def test_cached_steps_match_full_recompute(tokenizer, kind):
     real = enc.attention_mask.bool()
     torch.testing.assert_close(step_phi[real], full_phi[real], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(step_theta[real], full_theta[real], atol=1e-5, rtol=1e-4)
+
+
+def test_growing_layer_matches_dynamic_layer():
+    """Same keys/values as transformers' DynamicLayer through prefill, steps past the spare
+    capacity, crop, beam reordering and batch selection; decode steps append in place."""
+    torch.manual_seed(0)
+    ours, ref = GrowingLayer(), DynamicLayer()
+
+    def step(n_new: int) -> None:
+        k, v = torch.randn(4, 2, n_new, 3), torch.randn(4, 2, n_new, 3)
+        got, want = ours.update(k, v), ref.update(k, v)
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+
+    step(5)
+    buf = ours._kbuf
+    for _ in range(GrowingLayer.MIN_SPARE):
+        step(1)
+    assert ours._kbuf is buf  # appended in place, no regrowth within the spare capacity
+    step(1)
+    assert (
+        ours._kbuf is not buf
+        and ours.get_seq_length() == ref.get_seq_length() == 5 + GrowingLayer.MIN_SPARE + 1
+    )
+    ours.crop(-3)
+    ref.crop(-3)
+    step(2)
+    beam = torch.tensor([2, 2, 0, 1])
+    ours.reorder_cache(beam)
+    ref.reorder_cache(beam)
+    step(1)
+    ours.batch_select_indices(torch.tensor([3, 1, 0, 2]))
+    ref.batch_select_indices(torch.tensor([3, 1, 0, 2]))
+    step(1)
+    assert ours.get_seq_length() == ref.get_seq_length()
 
 
 def test_mixed_batch_equals_two_passes(tokenizer):
