@@ -7,12 +7,16 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p runs/logs
-LIMIT=${LIMIT:-100}   # commonsense test items per dataset
+LIMIT=${LIMIT:-300}        # commonsense test items per dataset (LoRA)
+LIMIT_IA3=${LIMIT_IA3:-100} # the same for IA3 (fewer: generation time)
 
 lane_commonsense() {
   svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --out runs/cs-lora
   svdecode eval --steered runs/cs-lora --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
     --methods base,peft,peft+svdecode --out runs/eval-cs-lora
+  svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --peft ia3 --out runs/cs-ia3
+  svdecode eval --steered runs/cs-ia3 --tasks commonsense --limit "$LIMIT_IA3" --max-new-tokens 12 \
+    --methods peft,peft+svdecode --out runs/eval-cs-ia3
 }
 
 lane_truthfulqa() {
@@ -28,6 +32,8 @@ lane_truthfulqa() {
     svdecode eval --steered "runs/tqa-lora-f$f" "${mc[@]}" --warmstart-fraction "$f" \
       --methods peft,peft+svdecode --out "runs/eval-tqa-lora-f$f"
   done
+  svdecode eval --steered runs/tqa-lora --tasks truthfulqa_gen --tqa-calib 100 --tqa-test 317 --limit 50 \
+    --methods base,peft,peft+svdecode --out runs/eval-tqagen-lora
 }
 
 lane_commonsense > runs/logs/commonsense.log 2>&1 &
@@ -35,4 +41,5 @@ lane_truthfulqa > runs/logs/truthfulqa.log 2>&1 &
 wait
 svdecode report runs/eval-tqa-lora/results.json runs/eval-tqa-ia3/results.json \
   runs/eval-tqa-lora-f0.0625/results.json runs/eval-tqa-lora-f0.25/results.json runs/eval-cs-lora/results.json \
-  --labels tqa-lora,tqa-ia3,tqa-lora-1/16,tqa-lora-1/4,cs-lora --out docs/report
+  runs/eval-cs-ia3/results.json runs/eval-tqagen-lora/results.json \
+  --labels tqa-lora,tqa-ia3,tqa-lora-1/16,tqa-lora-1/4,cs-lora,cs-ia3,tqagen-lora --out docs/report
