@@ -195,10 +195,10 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     tqa, mc_test = truthfulqa_mc_split(ns.tqa_calib, ns.tqa_test, ns.seed)
     data, calib = {}, {}
     if "truthfulqa_mc" in ns.tasks:
-        data["truthfulqa_mc"] = mc_test
+        data["truthfulqa_mc"] = sample(mc_test, ns.limit, ns.seed)
         calib["truthfulqa_mc"] = tqa.calib
     if "truthfulqa_gen" in ns.tasks:
-        data["truthfulqa_gen"] = tqa.test
+        data["truthfulqa_gen"] = sample(tqa.test, ns.limit, ns.seed)
         calib["truthfulqa_gen"] = tqa.calib
     if "commonsense" in ns.tasks:
         data["commonsense"] = [
@@ -333,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets", default="boolq,piqa,social_i_qa,hellaswag,winogrande,ARC-Easy,ARC-Challenge,openbookqa"
     )
     e.add_argument(
-        "--limit", type=int, default=None, help="seeded subset of test items per commonsense dataset"
+        "--limit",
+        type=int,
+        default=None,
+        help="seeded subset of the test items: per commonsense dataset, and of the TruthfulQA test questions",
     )
     e.add_argument(
         "--calib-data",

@@ -86,3 +86,23 @@ def test_errors_name_the_input(tmp_path, capsys):
     assert main(["warmstart", "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 1" in err and not (tmp_path / "o").exists()
+
+
+def test_eval_limit_takes_a_seeded_subset_of_truthfulqa_test_questions(base_dir, data_file, tmp_path, capsys):
+    from svdecode.data import sample, truthfulqa_mc_split
+
+    steered = tmp_path / "steered"
+    run = ["run", "--data", str(data_file), "--n-train", "8", "--n-calib", "4", "--base", str(base_dir)]
+    assert main([*run, "--out", str(steered)]) == 0
+    out = tmp_path / "eval"
+    args = ["eval", "--steered", str(steered), "--tasks", "truthfulqa_gen", "--tqa-calib", "4"]
+    args += ["--limit", "3", "--max-new-tokens", "2", "--methods", "peft,peft+svdecode", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    res = json.loads((out / "results.json").read_text())["tasks"]["truthfulqa_gen"]
+    tqa, _ = truthfulqa_mc_split(4, None, 0)
+    want = {ex.id for ex in sample(tqa.test, 3, 0)}
+    assert res["n_items"] == 3
+    for records in res["items"].values():
+        assert {r["id"] for r in records} == want
+    assert not want & {ex.id for ex in tqa.calib}
