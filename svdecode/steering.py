@@ -87,17 +87,24 @@ def _log_ratio(logp: torch.Tensor, logq: torch.Tensor, clean: bool) -> torch.Ten
     return r if clean else _ratio_where_p_zero(r, logp.exp() == 0)
 
 
-def _delta_(logp: torch.Tensor, logq: torch.Tensor, clean: bool) -> torch.Tensor:
+def _delta_(logp: torch.Tensor, logq: torch.Tensor, clean: bool | None) -> torch.Tensor | None:
     """delta = -p * (r - KL), computed in the buffers of ``logp`` and ``logq`` (both are consumed).
 
     Every fresh [B, V] tensor costs an allocation and page faults that dominate the arithmetic on
     CPU, so the ratio, the probabilities and delta reuse the two log-softmax outputs.
+
+    ``clean=None``: the logits were not scanned for non-finite values. Any NaN or infinity in
+    either input makes some row's KL NaN or infinite (e.g. p = 0 at a -inf adapted logit gives
+    0 * -inf), so a finite KL certifies the row; otherwise None is returned and the caller
+    takes the checked path.
     """
     r = logq.neg_().add_(logp)
     p = logp.exp_()
-    if not clean:
+    if clean is False:
         r = _ratio_where_p_zero(r, p == 0)
     kl = torch.linalg.vecdot(p, r).unsqueeze(-1)
+    if clean is None and not bool(torch.isfinite(kl).all()):
+        return None
     return r.sub_(kl).mul_(p).neg_()
 
 
@@ -165,10 +172,17 @@ def steer_logits(
     """
     mu_t = _strength(mu, logits_adapted.device)
     z_phi = logits_adapted.float()
-    logp, logq, clean = _log_probs(logits_adapted, logits_base)
-    keep = _keep_from_logp(logp, alpha)
-    steered = _delta_(logp, logq, clean).mul_(mu_t).add_(z_phi)
-    return _apply_mask(steered, z_phi, keep, lam)
+    delta = None
+    if logits_adapted.shape == logits_base.shape:
+        # Decoding's hot path: skip the two finiteness scans and let the KL certify the inputs.
+        logp = torch.log_softmax(z_phi, dim=-1)
+        keep = _keep_from_logp(logp, alpha)
+        delta = _delta_(logp, torch.log_softmax(logits_base.float(), dim=-1), None)
+    if delta is None:  # -inf logits (handled) or NaN/+inf and shape errors (refused with a message)
+        logp, logq, clean = _log_probs(logits_adapted, logits_base)
+        keep = _keep_from_logp(logp, alpha)
+        delta = _delta_(logp, logq, clean)
+    return _apply_mask(delta.mul_(mu_t).add_(z_phi), z_phi, keep, lam)
 
 
 def steer_logits_prob_space(

@@ -330,6 +330,22 @@ def test_check_finite_allows_neg_inf_only():
             check_finite(torch.tensor([0.0, bad]), "my tensor")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("which", ["adapted", "base"])
+def test_nan_or_pos_inf_logits_are_refused_naming_the_input(bad, which):
+    """steer_logits skips the finiteness scans on its fast path; a bad value must still be refused."""
+    za, zb = make_logits((3,), 17, 5)
+    (za if which == "adapted" else zb)[1, 4] = bad
+    for fn in (
+        lambda: steer_logits(za, zb, -1.0),
+        lambda: steer_logits(za, zb, 1.0, lam=None),
+        lambda: steering_vector(za, zb),
+        lambda: token_mu(za, zb, torch.zeros(3, dtype=torch.long)),
+    ):
+        with pytest.raises(ValueError, match=f"{which} logits"):
+            fn()
+
+
 def test_huge_finite_logits_are_not_mistaken_for_infinities():
     """Logits whose sum overflows fp32 are still finite: no error, and the same answer as shifted."""
     za = torch.tensor([[3e38, 3e38, 3e38 - 1e32, -3e38], [1.0, 2.0, 0.5, -1.0]])
