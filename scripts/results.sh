@@ -7,15 +7,14 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p runs/logs
-LIMIT=${LIMIT:-300}        # commonsense test items per dataset (LoRA)
-LIMIT_IA3=${LIMIT_IA3:-100} # the same for IA3 (fewer: generation time)
+LIMIT=${LIMIT:-300}   # commonsense test items per dataset
 
 lane_commonsense() {
   svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --out runs/cs-lora
   svdecode eval --steered runs/cs-lora --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
     --methods base,peft,peft+svdecode --out runs/eval-cs-lora
   svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --peft ia3 --out runs/cs-ia3
-  svdecode eval --steered runs/cs-ia3 --tasks commonsense --limit "$LIMIT_IA3" --max-new-tokens 12 \
+  svdecode eval --steered runs/cs-ia3 --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
     --methods peft,peft+svdecode --out runs/eval-cs-ia3
 }
 
@@ -32,7 +31,7 @@ lane_truthfulqa() {
     svdecode eval --steered "runs/tqa-lora-f$f" "${mc[@]}" --warmstart-fraction "$f" \
       --methods peft,peft+svdecode --out "runs/eval-tqa-lora-f$f"
   done
-  svdecode eval --steered runs/tqa-lora --tasks truthfulqa_gen --tqa-calib 100 --tqa-test 317 --limit 50 \
+  svdecode eval --steered runs/tqa-lora --tasks truthfulqa_gen --tqa-calib 100 --tqa-test 317 --limit 100 \
     --methods base,peft,peft+svdecode --out runs/eval-tqagen-lora
 }
 

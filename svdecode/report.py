@@ -503,8 +503,9 @@ def plot_alpha_sweep(task: str, res: Mapping[str, Any], path: str | Path) -> tup
 def _warmstart(run: Mapping[str, Any]) -> float | None:
     info = run.get("config", {}).get("run_info", {}) or {}
     for key in ("warmstart_fraction", "warmstart_epochs", "epochs"):
-        if key in info:
-            return _f(info[key])
+        value = _f(info.get(key))
+        if not math.isnan(value):  # `svdecode eval` records None when no fraction was given
+            return value
     return None
 
 

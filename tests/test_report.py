@@ -199,6 +199,9 @@ def test_plot_helpers_skip_when_nothing_to_plot(tmp_path):
     }
     assert rp.plot_alpha_sweep("truthfulqa_mc", only_one_alpha, tmp_path / "a.png") is None
     assert rp.plot_warmstart([res], "truthfulqa_mc", tmp_path / "w.png") is None
+    # runs whose warm-start fraction was recorded as None are not points (no empty plot)
+    unknown = [make_run(tmp_path / f"u{i}", None, seed=5 + i) for i in range(2)]
+    assert rp.plot_warmstart(unknown, "truthfulqa_mc", tmp_path / "u.png") is None
     path, cap = rp.plot_alpha_sweep("truthfulqa_mc", mc, tmp_path / "b.png")
     assert path.read_bytes()[:8] == PNG_MAGIC and "n=20" in cap
 
