@@ -83,12 +83,12 @@ class GrowingLayer(DynamicLayer):
         super().lazy_initialization(key_states, value_states)
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
+        self._kview: torch.Tensor | None = None  # the keys view last handed out
 
     def _owns_views(self) -> bool:
-        return self._kbuf is not None and self.keys is getattr(self, "_kview", None)
+        return self._kbuf is not None and self.keys is self._kview
 
-    def _regrow(self, needed: int, like_k: torch.Tensor, like_v: torch.Tensor) -> None:
-        held = self.get_seq_length() if self.keys is not None else 0
+    def _regrow(self, held: int, needed: int, like_k: torch.Tensor, like_v: torch.Tensor) -> None:
         old_cap = self._kbuf.shape[-2] if self._owns_views() else 0
         cap = max(needed + self.MIN_SPARE, int(old_cap * self.GROWTH))
         kbuf = like_k.new_empty(*like_k.shape[:-2], cap, like_k.shape[-1])
@@ -110,7 +110,7 @@ class GrowingLayer(DynamicLayer):
         held = self.get_seq_length()
         needed = held + key_states.shape[-2]
         if not self._owns_views() or needed > self._kbuf.shape[-2]:
-            self._regrow(needed, key_states, value_states)
+            self._regrow(held, needed, key_states, value_states)
         self._kbuf[..., held:needed, :].copy_(key_states)
         self._vbuf[..., held:needed, :].copy_(value_states)
         self._set_views(needed)
