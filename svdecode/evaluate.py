@@ -614,6 +614,11 @@ def _plain_generator(model, which: str) -> tuple[Callable[..., torch.Tensor], Ca
     raise TypeError(f"cannot find the plain models inside streams of kind {getattr(streams, 'kind', '?')}")
 
 
+def _is_prompt_learning(model) -> bool:
+    peft_model = getattr(model.streams, "peft_model", None)
+    return bool(getattr(getattr(peft_model, "active_peft_config", None), "is_prompt_learning", False))
+
+
 def _batch_seed(seed: int, name: str, first_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"{name}\x00{first_id}".encode())) % (2**31)
 
@@ -646,7 +651,10 @@ def _generate_batches(
     kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if stop_strings:
         kwargs.update(stop_strings=list(stop_strings), tokenizer=tok)
-    if spec.steered:
+    if spec.steered or (spec.method == "adapted" and _is_prompt_learning(model)):
+        # peft 0.21's generate() for prompt learning is wrong on transformers >= 5.24 (it looks for
+        # the cache under `past_key_values` and re-prepends the virtual tokens every step); our
+        # streams give the adapted logits exactly.
         gen_fn, ctx = model.generate, (lambda: using_method(model, spec))
     else:
         gen_fn, ctx = _plain_generator(model, spec.method)

@@ -27,7 +27,15 @@ from svdecode.calibration import CalibrationResult, calibrate_streams
 from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.models import load_base, load_peft, load_tokenizer
 from svdecode.scoring import batches, encode_pairs, split_pairs
-from svdecode.streams import LogitStreams, StreamCache, TwoModelStreams, adapter_type, make_streams
+from svdecode.streams import (
+    LogitStreams,
+    StreamCache,
+    TwoModelStreams,
+    adapter_type,
+    cache_kwargs,
+    make_streams,
+    take_cache,
+)
 
 log = logging.getLogger("svdecode")
 
@@ -180,7 +188,6 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         position_ids: torch.Tensor | None = None,
@@ -193,7 +200,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             raise ValueError(
                 "SteeredModel takes input_ids, not inputs_embeds (both streams embed the same tokens)"
             )
-        cache = past_key_values
+        cache = take_cache(kwargs)
         if use_cache is None:
             use_cache = cache is not None
         if use_cache and not isinstance(cache, StreamCache):
@@ -208,7 +215,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             past = cache.get_seq_length() if cache is not None else 0
             attention_mask = input_ids.new_ones(input_ids.shape[0], past + input_ids.shape[1])
         z_phi, z_theta = self.streams(input_ids, attention_mask, cache, logits_to_keep)
-        return CausalLMOutputWithPast(logits=self.combine(z_phi, z_theta), past_key_values=cache)
+        return CausalLMOutputWithPast(logits=self.combine(z_phi, z_theta), **cache_kwargs(cache))
 
     def _require_tokenizer(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:

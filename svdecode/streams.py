@@ -19,16 +19,76 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
+import transformers
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from svdecode.models import ModelLoadError, check_same_vocabulary
 
 log = logging.getLogger("svdecode")
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+# -- transformers compatibility seam ------------------------------------------------------------
+# transformers 5.24 renamed the cache of every model forward -- its argument, its output field and
+# the name generate() passes it under -- from `past_key_values` to `cache` (5.23 and earlier:
+# `past_key_values`). Everything in svdecode that hands a cache to a model or reads one back goes
+# through CACHE_NAME / cache_kwargs / output_cache / take_cache; nothing else names it.
+TESTED_TRANSFORMERS = ("5.23", "5.24")  # oldest and newest minor release the suite has passed on
+
+
+class UnsupportedTransformersError(ModelLoadError):
+    """The installed transformers does not behave as svdecode's cache handling expects."""
+
+
+def unsupported_transformers(reason: str) -> UnsupportedTransformersError:
+    lo, hi = TESTED_TRANSFORMERS
+    return UnsupportedTransformersError(
+        f"svdecode supports transformers {lo}-{hi}; found {transformers.__version__}: {reason}. "
+        f"Install a supported version (e.g. pip install 'transformers>={lo},<{_next_minor(hi)}')."
+    )
+
+
+def _next_minor(version: str) -> str:
+    major, minor = version.split(".")[:2]
+    return f"{major}.{int(minor) + 1}"
+
+
+def _detect_cache_name() -> str:
+    fields = getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
+    for name in ("cache", "past_key_values"):  # 5.24+, then <= 5.23
+        if name in fields:
+            return name
+    raise unsupported_transformers("its model outputs carry neither `cache` nor `past_key_values`")
+
+
+CACHE_NAME = _detect_cache_name()
+
+
+def cache_kwargs(cache: Any) -> dict[str, Any]:
+    """The keyword a model forward takes its KV cache under, in the installed transformers."""
+    return {CACHE_NAME: cache}
+
+
+def output_cache(outputs: Any) -> Any:
+    """The KV cache a model forward returned."""
+    return getattr(outputs, CACHE_NAME)
+
+
+def take_cache(kwargs: dict[str, Any]) -> Any:
+    """Pop the cache generate() passed to a forward, under either name (a user may still pass
+    ``past_key_values=`` by hand on 5.24+)."""
+    found = [kwargs.pop(name) for name in ("cache", "past_key_values") if kwargs.get(name) is not None]
+    if len(found) > 1:
+        raise ValueError("got both `cache` and `past_key_values`; pass one")
+    kwargs.pop("cache", None)
+    kwargs.pop("past_key_values", None)
+    return found[0] if found else None
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -186,9 +246,9 @@ def _run(model, input_ids, attention_mask, cache, logits_to_keep, **kwargs) -> t
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=_positions(attention_mask, input_ids.shape[1]),
-        past_key_values=cache,
         use_cache=cache is not None,
         logits_to_keep=logits_to_keep,
+        **cache_kwargs(cache),
         **kwargs,
     )
     return out.logits
@@ -289,9 +349,9 @@ class PromptLearningStreams(_PeftStreams):
             inputs_embeds=torch.cat([prompts, embeds], dim=1),
             attention_mask=mask,
             position_ids=positions_from_mask(mask),
-            past_key_values=cache,
             use_cache=cache is not None,
             logits_to_keep=logits_to_keep,
+            **cache_kwargs(cache),
         )
         logits = out.logits
         return logits if logits_to_keep else logits[:, self.n_virtual :]

@@ -1043,6 +1043,8 @@ def _init_prefix(peft_model: PeftModel, cfg: WarmstartConfig, tokenizer: PreTrai
     the prefixed model then equals the base model with those tokens prepended."""
     import torch
 
+    from svdecode.streams import output_cache
+
     n = cfg.num_virtual_tokens
     base = peft_model.get_base_model()
     device = base.get_input_embeddings().weight.device
@@ -1055,7 +1057,7 @@ def _init_prefix(peft_model: PeftModel, cfg: WarmstartConfig, tokenizer: PreTrai
     else:  # sample_vocab: random ids below the tokenizer size (the global RNG is seeded)
         tokens = torch.randint(0, min(len(tokenizer), _vocab_size(base)), (1, n)).to(device)
     with torch.no_grad():
-        cache = base(input_ids=tokens, use_cache=True).past_key_values
+        cache = output_cache(base(input_ids=tokens, use_cache=True))
         layers = getattr(cache, "layers", None)
         pairs = [(c.keys, c.values) for c in layers] if layers is not None else [tuple(c) for c in cache]
         kv = torch.stack([t[0] for pair in pairs for t in pair])  # [2L, H, n, D]: k0, v0, k1, v1, ...
