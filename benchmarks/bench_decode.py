@@ -5,9 +5,12 @@ Measures, in one run:
      ``peft_model.generate``, (b) ``SteeredModel.generate`` with base and adapted logits from one
      mixed-adapter forward pass, (c) the same with two sequential passes (``mixed_batch=False``);
   2. the steering math alone (``steer_logits`` on [8, 152064] fp32 logits): time and extra memory;
-  3. peak RSS of plain vs steered decoding, each in a fresh subprocess.
+  3. peak RSS of plain vs steered decoding, each in a fresh subprocess;
+  4. peak RSS of steered and plain decoding with fp32 and with bf16 weights (CPU): the steering
+     math is fp32, but nothing may upcast the model, so bf16 steered must stay near bf16 plain.
 
 Usage: python benchmarks/bench_decode.py [--quick] [--json out.json]
+       [--dtype bfloat16] [--device cuda] [--batches 1 8 32]   (throughput in another dtype/device)
 """
 
 from __future__ import annotations
@@ -78,19 +81,20 @@ def environment() -> dict[str, Any]:
 
 
 # -- model and inputs ------------------------------------------------------------------------------
-def build_peft_model(model_name: str, seed: int):
+def build_peft_model(model_name: str, seed: int, dtype: str = "float32", device: str | None = None):
     """The base model with a seeded, non-trivial LoRA adapter (r=8, alpha=16, q_proj/v_proj)."""
     from peft import LoraConfig, get_peft_model
 
     from svdecode.models import load_base
 
-    base, tok = load_base(model_name)
+    base, tok = load_base(model_name, dtype=dtype, device=device)
     torch.manual_seed(seed)
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     peft_model = get_peft_model(base, cfg)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:  # peft initialises B to 0 (adapter = identity); make it do something
             torch.nn.init.normal_(param, std=0.05)
+    peft_model.to(base.device)
     return peft_model.eval(), tok
 
 
@@ -103,10 +107,19 @@ def make_inputs(tok, batch: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     """The three ways to decode, each a ``generate``-like callable."""
     from svdecode.steered_model import SteeredModel
-    from svdecode.streams import new_cache
+    from svdecode.streams import cache_kwargs, new_cache
 
     steered = SteeredModel.from_peft(peft_model, tok, mu=MU, alpha=ALPHA)
     two_pass = SteeredModel.from_peft(peft_model, tok, mixed_batch=False, mu=MU, alpha=ALPHA)
@@ -117,7 +130,7 @@ def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     def plain_growing(**kwargs: Any) -> torch.Tensor:
         # plain decoding with the KV-cache layout the steered streams use (svdecode.streams.GrowingLayer),
         # to separate the cost of steering from the cheaper cache
-        return peft_model.generate(**kwargs, past_key_values=new_cache(base))
+        return peft_model.generate(**kwargs, **cache_kwargs(new_cache(base)))
 
     return {
         "plain": peft_model.generate,
@@ -131,6 +144,8 @@ def decode(
     fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], new_tokens: int, pad: int
 ) -> float:
     """Seconds for one greedy generation of exactly ``new_tokens`` tokens."""
+    device = inputs["input_ids"].device
+    synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = fn(
@@ -140,6 +155,7 @@ def decode(
             do_sample=False,
             pad_token_id=pad,
         )
+    synchronize(device)
     elapsed = time.perf_counter() - start
     assert out.shape[1] == PROMPT_TOKENS + new_tokens, tuple(out.shape)
     return elapsed
@@ -156,7 +172,7 @@ def bench_throughput(
     fns = decoders(peft_model, tok)
     rows = []
     for batch in batches:
-        inputs = make_inputs(tok, batch)
+        inputs = to_device(make_inputs(tok, batch), peft_model.device)
         times: dict[str, list[float]] = {name: [] for name in fns}
         for fn in fns.values():  # warm-up
             decode(fn, inputs, min(new_tokens, 8), tok.pad_token_id)
@@ -250,7 +266,7 @@ def child_decode_rss(args: argparse.Namespace) -> dict[str, Any]:
     The 1-token warm-up faults in every weight page (safetensors loads lazily), so ``ready``
     is the resident model and ``peak - ready`` what decoding itself adds.
     """
-    peft_model, tok = build_peft_model(args.model, args.seed)
+    peft_model, tok = build_peft_model(args.model, args.seed, args.dtype)
     fn = decoders(peft_model, tok)[args.child]
     decode(fn, make_inputs(tok, 1), 1, tok.pad_token_id)
     ready = proc_status_kb("VmRSS") * 1024
@@ -258,8 +274,11 @@ def child_decode_rss(args: argparse.Namespace) -> dict[str, Any]:
     return {"ready_bytes": ready, "peak_bytes": proc_status_kb("VmHWM") * 1024, "seconds": seconds}
 
 
-def run_child(args: argparse.Namespace, child: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_child(
+    args: argparse.Namespace, child: str, env: dict[str, str] | None = None, dtype: str = "float32"
+) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", child, "--model", args.model, "--seed", str(args.seed)]
+    cmd += ["--dtype", dtype]
     cmd += ["--new-tokens", str(args.new_tokens), "--rss-batch", str(args.rss_batch)]
     cmd += ["--threads", str(torch.get_num_threads())]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ | (env or {}))
@@ -268,9 +287,9 @@ def run_child(args: argparse.Namespace, child: str, env: dict[str, str] | None =
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
-    res = {name: run_child(args, name) for name in ("plain", "steered")}
-    res["batch"], res["new_tokens"] = args.rss_batch, args.new_tokens
+def bench_rss(args: argparse.Namespace, dtype: str = "float32") -> dict[str, Any]:
+    res = {name: run_child(args, name, dtype=dtype) for name in ("plain", "steered")}
+    res["batch"], res["new_tokens"], res["dtype"] = args.rss_batch, args.new_tokens, dtype
     res["ratio"] = res["steered"]["peak_bytes"] / res["plain"]["peak_bytes"]
     return res
 
@@ -280,8 +299,8 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def report(res: dict[str, Any]) -> None:
-    env, mib = res["env"], 2**20
+def report_throughput(res: dict[str, Any]) -> None:
+    env = res["env"]
     print(f"command : {env['command']}")
     print(
         f"versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, ",
@@ -313,6 +332,10 @@ def report(res: dict[str, Any]) -> None:
         "   plain* = plain decoding with the steered streams' KV cache (GrowingLayer instead of DynamicLayer)"
     )
 
+
+def report(res: dict[str, Any]) -> None:
+    mib = 2**20
+    report_throughput(res)
     mm = res["matmul"]
     print(f"\n   Why batch 1 is hard here: one linear layer with M input rows, ms (median of {mm['calls']})")
     print(f"   {'weight':>12} | " + " ".join(f"{'M=' + str(m):>7}" for m in mm["rows"]) + " | M=2 / M=1")
@@ -345,6 +368,19 @@ def report(res: dict[str, Any]) -> None:
         )
     rss_ok = verdict(rss["ratio"] <= TARGETS["rss_ratio"])
     print(f"   steered/plain peak: {rss['ratio']:.3f}, target <= {TARGETS['rss_ratio']:.2f} {rss_ok}")
+    if "rss_bf16" in res:
+        bf = res["rss_bf16"]
+        print("\n4. Peak RSS with bf16 weights, same work (fp32 steering math; the model must stay bf16)")
+        for name in ("plain", "steered"):
+            r = bf[name]
+            print(
+                f"   {name:<8}: peak {r['peak_bytes'] / mib:6.1f} MiB (model resident {r['ready_bytes'] / mib:6.1f} MiB, "
+                f"decoding +{(r['peak_bytes'] - r['ready_bytes']) / mib:.1f} MiB)"
+            )
+        print(
+            f"   steered/plain peak (bf16): {bf['ratio']:.3f}; steered bf16 / steered fp32 peak: "
+            f"{bf['steered']['peak_bytes'] / rss['steered']['peak_bytes']:.3f}"
+        )
     print(f"\ntotal time: {res['seconds']:.0f} s")
 
 
@@ -359,6 +395,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rss-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--dtype", default="float32", help="weights' dtype for the throughput runs (bfloat16, ...)"
+    )
+    ap.add_argument("--device", default=None, help="cpu (default), cuda, mps: where the throughput runs go")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--child", choices=["plain", "steered", "steer_memory"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -376,20 +416,30 @@ def main() -> None:
         print(json.dumps(result))
         return
     start = time.perf_counter()
-    peft_model, tok = build_peft_model(args.model, args.seed)
+    peft_model, tok = build_peft_model(args.model, args.seed, args.dtype, args.device)
     base = peft_model.get_base_model()
     n_params = sum(p.numel() for p in base.parameters()) / 1e6
     vocab = base.get_output_embeddings().weight.shape[0]
-    model = f"{args.model} ({n_params:.0f}M params, vocab {vocab})"
+    model = f"{args.model} ({n_params:.0f}M params, vocab {vocab}), {args.dtype} weights on {base.device}"
     res: dict[str, Any] = {"env": environment(), "model": model}
     res["throughput"] = bench_throughput(peft_model, tok, args.batches, args.new_tokens, args.repeats)
+    if base.device.type != "cpu":  # the rest measures this CPU
+        res["seconds"] = time.perf_counter() - start
+        report_throughput(res)
+        finish(res, args)
+        return
     with torch.inference_mode():
         res["matmul"] = bench_matmul(base)
     del peft_model
     res["steer_math"] = bench_steer_time(args.steer_calls) | run_child(args, "steer_memory", STEER_MEMORY_ENV)
     res["rss"] = bench_rss(args)
+    res["rss_bf16"] = bench_rss(args, "bfloat16")
     res["seconds"] = time.perf_counter() - start
     report(res)
+    finish(res, args)
+
+
+def finish(res: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
         print(f"wrote {args.json}")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install svdecode with its dev tools. torch is pinned to the CPU wheel the
-# project machines carry (an unpinned torch pulls a multi-GB CUDA build).
+# Create .venv and install svdecode with its dev tools at the exact versions in requirements/lock.txt
+# (the ones the committed numbers were measured with). The lock pins torch to the CPU wheel the
+# project machines carry; an unpinned torch pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-pip install -q --upgrade pip
-pip install -q "torch==2.13.0" -e ".[dev]"
+pip install -q "$(grep '^pip==' requirements/lock.txt)"
+pip install -q -c requirements/lock.txt -e ".[dev]"

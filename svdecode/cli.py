@@ -38,6 +38,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--two-pass", action="store_true", help="never use one mixed-adapter forward pass (LoRA)"
     )
+    add_placement_args(src)
+
+
+def add_placement_args(group) -> None:
+    from svdecode.models import DTYPE_NAMES
+
+    group.add_argument(
+        "--dtype",
+        default="float32",
+        type=str.lower,
+        choices=DTYPE_NAMES,
+        help="weights' dtype (auto = the checkpoint's); the steering math is fp32 whatever this is",
+    )
+    group.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: cpu, or --device-map's)"
+    )
+    group.add_argument(
+        "--device-map", default=None, help="transformers/accelerate placement, e.g. auto (excludes --device)"
+    )
 
 
 def add_steering_args(p: argparse.ArgumentParser) -> None:
@@ -58,14 +77,15 @@ def load_model(ns: argparse.Namespace):
     from svdecode.steered_model import SteeredModel
 
     mixed = False if ns.two_pass else None
+    place = dict(dtype=ns.dtype, device=ns.device, device_map=ns.device_map)
     if ns.steered:
-        model = SteeredModel.from_pretrained(ns.steered, base=ns.base, mixed_batch=mixed)
+        model = SteeredModel.from_pretrained(ns.steered, base=ns.base, mixed_batch=mixed, **place)
     elif ns.adapter:
-        peft_model = load_peft(ns.adapter, ns.base)
+        peft_model = load_peft(ns.adapter, ns.base, **place)
         tok_src = (
             ns.adapter
             if (Path(ns.adapter) / "tokenizer_config.json").is_file()
-            else peft_model.active_peft_config.base_model_name_or_path
+            else ns.base or peft_model.active_peft_config.base_model_name_or_path or "default"
         )
         model = SteeredModel.from_peft(peft_model, load_tokenizer(tok_src), mixed_batch=mixed)
     else:
@@ -260,11 +280,26 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from svdecode.versions import dependency_versions
+
+        for name, version in dependency_versions().items():
+            print(f"{name} {version}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svdecode", description="Steering Vector Decoding for transformers + peft"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print svdecode's and its dependencies' versions and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="steered generation from prompts")

@@ -119,17 +119,107 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_base(
-    name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer by hub id, local path, or ``"default"``."""
-    path = resolve_model_path(name_or_path)
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # what the CLI offers
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """``torch.float32``/``"bfloat16"``/``"bf16"``/... -> a torch dtype; ``"auto"`` passes through
+    (the checkpoint's own dtype); ``None`` means float32, the default."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(
+                f"dtype {dtype} is not a floating-point type; use one of {', '.join(DTYPE_NAMES)}"
+            )
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return DTYPES[name]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """Check that ``device`` exists on this machine (``"auto"``: CUDA, else MPS, else CPU).
+
+    ``None`` leaves the model where loading put it (the CPU, or ``device_map``'s placement).
+    """
+    if device is None:
+        return None
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: {err}; use cpu, cuda, cuda:N, mps or auto") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch build has no usable CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: Apple MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"device {device!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
+    return dev
+
+
+def check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a (dtype, device) pair whose basic ops the installed torch cannot run, naming both:
+    one tiny matmul and softmax, the operations every forward pass needs."""
+    try:
+        x = torch.ones(2, 2, dtype=dtype, device=device)
+        torch.softmax(x @ x, dim=-1).sum().item()
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"dtype {str(dtype).removeprefix('torch.')} does not run on device {device} with this torch "
+            f"({torch.__version__}): {err}; choose another --dtype/--device"
+        ) from err
+
+
+def load_base(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype | None = torch.float32,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer by hub id, local path, or ``"default"``.
+
+    ``dtype`` is the weights' dtype (``"auto"``: the checkpoint's); ``device`` moves the model
+    there after loading; ``device_map`` is passed to transformers (accelerate's placement, e.g.
+    ``"auto"``) and excludes ``device``.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ValueError("give device or device_map, not both")
+    dev = resolve_device(device)
+    if dev is not None and isinstance(torch_dtype, torch.dtype):
+        check_dtype_on_device(torch_dtype, dev)
+    path = resolve_model_path(name_or_path)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_error("a causal language model", path, err) from err
-    if device is not None:
-        model.to(device)
+    if dev is not None:
+        model.to(dev)
     model.eval()
     return model, load_tokenizer(path)
 
@@ -176,15 +266,22 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
 
 
 def load_peft(
-    adapter_dir: str | Path, base: str | PreTrainedModel | None = None, dtype: torch.dtype = torch.float32
+    adapter_dir: str | Path,
+    base: str | PreTrainedModel | None = None,
+    dtype: str | torch.dtype | None = torch.float32,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ):
-    """Base model + PEFT adapter as a ``PeftModel``; ``base`` defaults to the adapter's recorded base."""
+    """Base model + PEFT adapter as a ``PeftModel``; ``base`` defaults to the adapter's recorded base.
+
+    The adapter's weights follow the base model's device and dtype (peft's own loading).
+    """
     from peft import PeftModel
 
     cfg = read_adapter_config(adapter_dir)
     if base is None or isinstance(base, str):
         base_name = base or cfg.get("base_model_name_or_path") or DEFAULT_MODEL
-        base_model, _ = load_base(base_name, dtype=dtype)
+        base_model, _ = load_base(base_name, dtype=dtype, device=device, device_map=device_map)
     else:
         base_model = base
     try:

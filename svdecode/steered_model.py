@@ -34,7 +34,9 @@ from svdecode.streams import (
     adapter_type,
     cache_kwargs,
     make_streams,
+    self_check,
     take_cache,
+    warn_if_untested,
 )
 
 log = logging.getLogger("svdecode")
@@ -66,6 +68,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         streams: LogitStreams,
         steering_config: SteeringConfig | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        check: bool = True,
     ):
         super().__init__(copy.deepcopy(streams.config))
         self.streams = streams
@@ -77,6 +80,9 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         if gen_cfg is not None:
             self.generation_config = copy.deepcopy(gen_cfg)
         self.eval()
+        if check:  # refuse a transformers whose cache plumbing would silently change the logits
+            warn_if_untested()
+            log.debug("self-check: cached vs uncached max rel. diff %.2e", self_check(streams, self.device))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -125,24 +131,32 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         directory: str | Path,
         base: str | PreTrainedModel | None = None,
         mixed_batch: bool | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype | None = torch.float32,
+        device: str | torch.device | None = None,
+        device_map: str | dict[str, Any] | None = None,
     ) -> SteeredModel:
-        """Restore base model + adapter + steering settings saved by :meth:`save_pretrained`."""
+        """Restore base model + adapter + steering settings saved by :meth:`save_pretrained`.
+
+        ``dtype`` (``"bfloat16"``, ``torch.float16``, ``"auto"``, ...) is the weights' dtype, the
+        steering math stays fp32; ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``, ``"auto"``) or
+        ``device_map`` (passed to transformers) place the weights.
+        """
         directory = Path(directory)
         cfg = SteeringConfig.load(directory)
+        place = dict(dtype=dtype, device=device, device_map=device_map)
         if (directory / "adapter_config.json").is_file():
-            peft_model = load_peft(directory, base if base is not None else cfg.base_model, dtype=dtype)
+            peft_model = load_peft(directory, base if base is not None else cfg.base_model, **place)
             has_tok = (directory / "tokenizer_config.json").is_file()
             tok = load_tokenizer(
                 str(directory) if has_tok else peft_model.active_peft_config.base_model_name_or_path
             )
             streams = make_streams(peft_model, mixed_batch=mixed_batch)
         elif cfg.adapted_model:
-            adapted, tok = load_base(cfg.adapted_model, dtype=dtype)
+            adapted, tok = load_base(cfg.adapted_model, **place)
             base_model, base_tok = (
                 (base, None)
                 if isinstance(base, PreTrainedModel)
-                else load_base(base or cfg.base_model, dtype=dtype)
+                else load_base(base or cfg.base_model, **place)
             )
             streams = TwoModelStreams(adapted, base_model, tokenizers=(tok, base_tok))
         else:

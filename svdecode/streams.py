@@ -17,6 +17,7 @@ handled; virtual tokens take positions 0..n-1 and shift the real tokens by n, as
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
 from typing import Any
@@ -393,6 +394,62 @@ class TwoModelStreams(LogitStreams):
         z_phi = _run(self.adapted, input_ids, attention_mask, caches[0], logits_to_keep)
         z_theta = _run(self.base, input_ids, attention_mask, caches[1], logits_to_keep)
         return z_phi, z_theta
+
+
+# Relative tolerance of the load-time self-check, by the weights' dtype: fp32 sums in another order
+# differ by ~1e-6; half-precision logits are rounded to ~3 significant digits.
+SELF_CHECK_RTOL = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
+def self_check(streams: LogitStreams, device: torch.device | str | None = None) -> float:
+    """Check on the loaded model that cached decoding equals recomputation, for both streams.
+
+    Runs 5 tokens through the streams without a cache, and 4 + 1 with one; the last position's
+    logits must agree (within :data:`SELF_CHECK_RTOL` of their scale). This is what breaks, silently,
+    when transformers changes its cache plumbing: a step then sees only its own token. Costs three
+    forward passes over 5 tokens. Returns the largest relative difference seen.
+    """
+    ids = torch.arange(1, 6, device=device).remainder(int(streams.config.vocab_size)).unsqueeze(0)
+    mask = torch.ones_like(ids)
+    full = streams(ids, mask, None, 1)
+    cache = streams.new_cache()
+    streams(ids[:, :4], mask[:, :4], cache, 1)
+    step = streams(ids[:, 4:], mask, cache, 1)
+    worst = 0.0
+    for name, ref, got in zip(("adapted", "base"), full, step, strict=True):
+        ref, got = ref[:, -1].float(), got[:, -1].float()
+        if not (torch.isfinite(ref).all() and torch.isfinite(got).all()):
+            raise unsupported_transformers(
+                f"the {name} stream gave non-finite logits in the load-time self-check"
+            )
+        rel = float((ref - got).abs().max() / ref.abs().max().clamp_min(1.0))
+        worst = max(worst, rel)
+        rtol = SELF_CHECK_RTOL.get(full[0].dtype, 3e-2)
+        if rel > rtol:
+            raise unsupported_transformers(
+                f"with its KV cache the {name} stream's logits differ from recomputing the whole sequence "
+                f"(max relative difference {rel:.2e} > {rtol:g}), so cached decoding would silently give "
+                "other tokens"
+            )
+    return worst
+
+
+@functools.cache
+def warn_if_untested() -> None:
+    """One warning when the installed transformers lies outside the tested range (the self-check
+    still guards the cache path)."""
+    from packaging.version import Version
+
+    lo, hi = TESTED_TRANSFORMERS
+    installed = Version(transformers.__version__)
+    if not (Version(lo) <= installed < Version(_next_minor(hi))):
+        log.warning(
+            "svdecode is tested with transformers %s-%s; found %s. The load-time self-check passed, but "
+            "report problems with this version.",
+            lo,
+            hi,
+            transformers.__version__,
+        )
 
 
 PROMPT_LEARNING = {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}

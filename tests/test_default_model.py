@@ -12,6 +12,9 @@ from svdecode.data import load_commonsense, sample
 from svdecode.models import load_base
 from svdecode.steered_model import SteeredModel
 
+# rerun by CI on the other end of the supported transformers range
+pytestmark = pytest.mark.compat
+
 
 @pytest.fixture(scope="module")
 def steered():

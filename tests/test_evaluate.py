@@ -274,6 +274,7 @@ def test_mc_primer_prompt_is_the_original_truthfulqa_format():
 # --------------------------------------------------------------------------------- commonsense
 
 
+@pytest.mark.compat
 def test_commonsense_generation_matches_model_paths(model):
     ms = ev.build_methods(model, CALIB, ["base", "peft", "peft+svdecode"], progress=False)
     res = ev.evaluate_commonsense(
@@ -356,6 +357,7 @@ def _strip_volatile(results):
     return out
 
 
+@pytest.mark.compat
 def test_resume_after_interruption_gives_same_results_with_fewer_calls(tmp_path, monkeypatch):
     model = make_steered(seed=3)
     kwargs = dict(
