@@ -264,12 +264,15 @@ def child_decode_rss(args: argparse.Namespace) -> dict[str, Any]:
     """In a fresh process: load, warm up, decode once with one decoder, report the RSS high-water mark.
 
     The 1-token warm-up faults in every weight page (safetensors loads lazily), so ``ready``
-    is the resident model and ``peak - ready`` what decoding itself adds.
+    is the resident model and ``peak - ready`` what decoding itself adds. The high-water mark is
+    reset at ``ready``: loading in bf16 converts the fp32 checkpoint and peaks above the resident
+    model, which is not what decoding costs.
     """
     peft_model, tok = build_peft_model(args.model, args.seed, args.dtype)
     fn = decoders(peft_model, tok)[args.child]
     decode(fn, make_inputs(tok, 1), 1, tok.pad_token_id)
     ready = proc_status_kb("VmRSS") * 1024
+    Path("/proc/self/clear_refs").write_text("5")
     seconds = decode(fn, make_inputs(tok, args.rss_batch), args.new_tokens, tok.pad_token_id)
     return {"ready_bytes": ready, "peak_bytes": proc_status_kb("VmHWM") * 1024, "seconds": seconds}
 

@@ -175,13 +175,17 @@ def test_self_check_passes_on_every_stream_kind(tokenizer):
         assert self_check(model.streams) < 1e-5
 
 
-def test_a_dropped_cache_is_refused_at_load_time(tokenizer, monkeypatch):
+@pytest.mark.parametrize("kind", ["lora", "ia3", "prefix_tuning"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_dropped_cache_is_refused_at_load_time(tokenizer, monkeypatch, kind, dtype):
     """The transformers 5.24 failure: the model never sees the cache, so each step sees one token."""
+    peft_model = make_peft(kind, len(tokenizer)).to(dtype)
+    SteeredModel.from_peft(peft_model, tokenizer)  # passes as installed
     monkeypatch.setattr(streams_mod, "cache_kwargs", lambda cache: {})
     with pytest.raises(
         UnsupportedTransformersError, match=r"svdecode supports transformers 5\.23-5\.24; found"
     ):
-        SteeredModel.from_peft(make_peft("lora", len(tokenizer)), tokenizer)
+        SteeredModel.from_peft(peft_model, tokenizer)
 
 
 def test_generate_finds_the_cache_under_its_installed_name(tokenizer):
@@ -204,3 +208,19 @@ def test_both_cache_names_are_refused_together(tokenizer):
     cache = model.streams.new_cache()
     with pytest.raises(ValueError, match="both `cache` and `past_key_values`"):
         model(**encode(tokenizer), cache=cache, past_key_values=cache)
+
+
+def test_the_lm_head_gets_contiguous_inputs(tokenizer):
+    """torch's CPU bf16 F.linear expands the head's weight per row for a non-contiguous input
+    (transformers' logits_to_keep slice): the streams hand the head a contiguous copy instead."""
+    peft_model = bf16_peft(tokenizer)
+    head = peft_model.get_base_model().get_output_embeddings()
+    seen = []
+    enc = encode(tokenizer)
+    before = peft_model(**enc, logits_to_keep=1).logits
+    SteeredModel.from_peft(peft_model, tokenizer)
+    SteeredModel.from_peft(peft_model, tokenizer)  # idempotent: one hook
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    after = peft_model(**enc, logits_to_keep=1).logits
+    assert seen == [True] and len(head._forward_pre_hooks) == 2
+    assert torch.equal(before, after)
