@@ -118,8 +118,9 @@ def synchronize(device: torch.device) -> None:
 
 def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     """The three ways to decode, each a ``generate``-like callable."""
+    from svdecode.kv_cache import new_cache
     from svdecode.steered_model import SteeredModel
-    from svdecode.streams import cache_kwargs, new_cache
+    from svdecode.streams import cache_kwargs
 
     steered = SteeredModel.from_peft(peft_model, tok, mu=MU, alpha=ALPHA)
     two_pass = SteeredModel.from_peft(peft_model, tok, mixed_batch=False, mu=MU, alpha=ALPHA)

@@ -157,8 +157,8 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
 
 def cmd_warmstart(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
-    from svdecode.pipeline import split_pool
-    from svdecode.warmstart import warmstart, warmstart_config_from_args
+    from svdecode.train import warmstart, warmstart_config_from_args
+    from svdecode.train.pipeline import split_pool
 
     cfg = warmstart_config_from_args(ns)
     pool = load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows)
@@ -182,8 +182,8 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
-    from svdecode.pipeline import run_pipeline
-    from svdecode.warmstart import warmstart_config_from_args
+    from svdecode.train import warmstart_config_from_args
+    from svdecode.train.pipeline import run_pipeline
 
     pool = load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows)
     res = run_pipeline(
@@ -209,7 +209,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
-    from svdecode.evaluate import OpenAIJudge, run_eval
+    from svdecode.eval import OpenAIJudge, run_eval
 
     model = load_model(ns)
     tqa, mc_test = truthfulqa_mc_split(ns.tqa_calib, ns.tqa_test, ns.seed)
@@ -266,7 +266,7 @@ def _recorded_calibration_split(ns: argparse.Namespace):
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from svdecode.report import render_report
+    from svdecode.eval.report import render_report
 
     path = render_report(ns.results, ns.out, labels=ns.labels.split(",") if ns.labels else None)
     print(f"report: {path}")
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="write adapter + steering_config.json here")
     c.set_defaults(func=cmd_calibrate)
 
-    from svdecode.warmstart import add_warmstart_args
+    from svdecode.train import add_warmstart_args
 
     w = sub.add_parser("warmstart", help="warm-start a PEFT adapter on task data (paper defaults)")
     add_data_args(w)

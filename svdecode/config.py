@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from svdecode.fileio import write_json_atomic
 
 CONFIG_NAME = "steering_config.json"
 FORMAT_VERSION = 1
@@ -103,18 +103,3 @@ class SteeringConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path} is corrupt (not valid JSON): {err}") from err
         return cls.from_json(data, source=str(path))
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON so that a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
-from svdecode.evaluate import run_eval
-from svdecode.pipeline import run_pipeline
-from svdecode.report import render_report
-from svdecode.warmstart import WarmstartConfig
+from svdecode.eval import run_eval
+from svdecode.eval.report import render_report
+from svdecode.train import WarmstartConfig
+from svdecode.train.pipeline import run_pipeline
 
 DEMO_DATASETS = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa", "social_i_qa", "winogrande")
 

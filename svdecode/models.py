@@ -225,7 +225,11 @@ def load_base(
 
 
 def vocab_size(model: torch.nn.Module) -> int:
-    return int(model.get_output_embeddings().weight.shape[0])
+    """Rows of the output layer (the logits' width), or of the input embeddings without one."""
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is None:
+        emb = model.get_input_embeddings()
+    return int(emb.weight.shape[0])
 
 
 def check_same_vocabulary(

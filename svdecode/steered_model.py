@@ -2,7 +2,7 @@
 
 Because it is a ``PreTrainedModel`` with ``GenerationMixin``, ``generate()`` works unchanged:
 greedy, sampling (temperature, top-k, top-p), beam search, stop strings, batched prompts with
-padding. It keeps its own :class:`~svdecode.streams.StreamCache` (both streams' KV caches),
+padding. It keeps its own :class:`~svdecode.kv_cache.StreamCache` (both streams' KV caches),
 which ``generate()`` reorders during beam search through ``reorder_cache``.
 """
 
@@ -25,11 +25,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from svdecode import steering
 from svdecode.calibration import CalibrationResult, calibrate_streams
 from svdecode.config import CONFIG_NAME, SteeringConfig
+from svdecode.kv_cache import StreamCache
 from svdecode.models import load_base, load_peft, load_tokenizer
 from svdecode.scoring import batches, encode_pairs, split_pairs
 from svdecode.streams import (
     LogitStreams,
-    StreamCache,
     TwoModelStreams,
     adapter_type,
     cache_kwargs,

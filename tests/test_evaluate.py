@@ -14,10 +14,11 @@ import torch
 from conftest import make_model, make_tokenizer
 from peft import LoraConfig, get_peft_model
 
-from svdecode import evaluate as ev
-from svdecode import metrics
+from svdecode import eval as ev
+from svdecode import fileio
 from svdecode.calibration import calibrate_streams
 from svdecode.data import Example, MCItem
+from svdecode.eval import generation, labels, metrics
 from svdecode.steered_model import SteeredModel
 
 
@@ -290,11 +291,11 @@ def test_commonsense_generation_matches_model_paths(model):
         assert [r["output"] for r in recs] == want
         assert [r["id"] for r in recs] == [ex.id for ex in CS_EXAMPLES]
         for r, ex in zip(recs, CS_EXAMPLES, strict=True):
-            assert r["pred"] == metrics.extract_label(ex.dataset, r["output"])
+            assert r["pred"] == labels.extract_label(ex.dataset, r["output"])
             assert r["correct"] == int(r["pred"] == ex.label)
         m = res["metrics"][spec.name]
         assert m["datasets"]["boolq"]["n"] == 3 and m["datasets"]["piqa"]["n"] == 2
-        assert m["unparseable"] == sum(metrics.extract_label(r["dataset"], r["output"]) is None for r in recs)
+        assert m["unparseable"] == sum(labels.extract_label(r["dataset"], r["output"]) is None for r in recs)
     outs = {name: [r["output"] for r in res["items"][name]] for name in ("base", "peft")}
     assert outs["base"] != outs["peft"]
 
@@ -311,7 +312,7 @@ def test_commonsense_counts_unparseable_and_cis(model, monkeypatch):
     def fake_generate(model_, spec, prompts, ids, *a, **k):
         yield slice(0, len(ids)), [scripted[i] for i in ids]
 
-    monkeypatch.setattr(ev, "_generate_batches", fake_generate)
+    monkeypatch.setattr(generation, "generate_batches", fake_generate)
     res = ev.evaluate_commonsense(model, CS_EXAMPLES, [ev.MethodSpec("peft", "adapted")], progress=False)
     recs = res["items"]["peft"]
     assert [r["correct"] for r in recs] == [1, 0, 0, 0, 1]
@@ -434,7 +435,7 @@ def test_results_json_schema_round_trip_and_paired_diffs(tmp_path, model):
         run_info={"warmstart_fraction": 0.25},
     )
     loaded = ev.load_results(tmp_path)
-    assert loaded == json.loads(json.dumps(ev.jsonable(results)))
+    assert loaded == json.loads(json.dumps(fileio.jsonable(results)))
     assert loaded["schema"] == ev.SCHEMA
     assert loaded["config"]["seed"] == 7 and loaded["config"]["run_info"] == {"warmstart_fraction": 0.25}
     assert {"torch", "transformers", "peft", "python", "svdecode"} <= set(loaded["versions"])
@@ -605,7 +606,7 @@ def test_truthfulqa_gen_with_judges_and_rejudging_without_regenerating(
         assert all(p.startswith(ev.QA_PRIMER) and p.endswith("\nA:") for p in prompts)
         yield slice(0, len(ids)), [scripted[int(i.split("/")[1])] for i in ids]
 
-    monkeypatch.setattr(ev, "_generate_batches", fake_generate)
+    monkeypatch.setattr(generation, "generate_batches", fake_generate)
     methods = [ev.MethodSpec("peft", "adapted")]
     res = ev.evaluate_truthfulqa_gen(model, examples, methods, cache_dir=tmp_path, progress=False)
     recs = res["items"]["peft"]
@@ -681,6 +682,8 @@ def test_clean_tqa_answer_and_summary_counts_unparsed():
 
 
 def test_jsonable_encodes_non_finite():
-    data = ev.jsonable({"a": (1.0, float("-inf")), "b": np.float32(0.5), "c": float("nan"), "d": Path("x")})
+    data = fileio.jsonable(
+        {"a": (1.0, float("-inf")), "b": np.float32(0.5), "c": float("nan"), "d": Path("x")}
+    )
     assert data == {"a": [1.0, "-inf"], "b": 0.5, "c": "nan", "d": "x"}
     json.dumps(data, allow_nan=False)

@@ -1,4 +1,4 @@
-"""Tests for svdecode.metrics: hand-computed values, edge cases (ties, -inf, underflow), determinism."""
+"""Tests for svdecode.eval.metrics and .labels: hand-computed values, edge cases (ties, -inf, underflow), determinism."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from svdecode.metrics import (
-    LABEL_SETS,
+from svdecode.eval.labels import LABEL_SETS, accuracy_report, canonical_dataset, extract_label
+from svdecode.eval.metrics import (
     PAPER_VARIANTS,
-    accuracy_report,
     aggregate_mc,
     bootstrap_ci,
-    canonical_dataset,
-    extract_label,
     mc1,
     mc2,
     mc3,

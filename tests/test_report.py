@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svdecode import evaluate as ev
-from svdecode import metrics
-from svdecode import report as rp
+from svdecode import eval as ev
+from svdecode.eval import metrics, plots, tables
+from svdecode.eval import report as rp
 
 METHODS = ["base", "peft", "peft+svdecode", "alpha=0.1", "alpha=0.3", "alpha=0.5"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,19 +197,19 @@ def test_plot_helpers_skip_when_nothing_to_plot(tmp_path):
         **mc,
         "methods": {k: v for k, v in mc["methods"].items() if k != "alpha=0.3" and k != "alpha=0.5"},
     }
-    assert rp.plot_alpha_sweep("truthfulqa_mc", only_one_alpha, tmp_path / "a.png") is None
-    assert rp.plot_warmstart([res], "truthfulqa_mc", tmp_path / "w.png") is None
+    assert plots.plot_alpha_sweep("truthfulqa_mc", only_one_alpha, tmp_path / "a.png") is None
+    assert plots.plot_warmstart([res], "truthfulqa_mc", tmp_path / "w.png") is None
     # runs whose warm-start fraction was recorded as None are not points (no empty plot)
     unknown = [make_run(tmp_path / f"u{i}", None, seed=5 + i) for i in range(2)]
-    assert rp.plot_warmstart(unknown, "truthfulqa_mc", tmp_path / "u.png") is None
-    path, cap = rp.plot_alpha_sweep("truthfulqa_mc", mc, tmp_path / "b.png")
+    assert plots.plot_warmstart(unknown, "truthfulqa_mc", tmp_path / "u.png") is None
+    path, cap = plots.plot_alpha_sweep("truthfulqa_mc", mc, tmp_path / "b.png")
     assert path.read_bytes()[:8] == PNG_MAGIC and "n=20" in cap
 
 
 def test_headline_metrics():
     cs = {"micro": {"accuracy": 0.5, "ci_lo": 0.4, "ci_hi": 0.6, "n": 10}}
-    assert rp.headline("commonsense", cs)[1:] == (0.5, 0.4, 0.6)
+    assert tables.headline("commonsense", cs)[1:] == (0.5, 0.4, 0.6)
     gen = {"%Truth*Info": 40.0, "%Truth*Info_ci": [30.0, 50.0]}
-    assert rp.headline("truthfulqa_gen", gen)[1:] == pytest.approx((0.4, 0.3, 0.5))
+    assert tables.headline("truthfulqa_gen", gen)[1:] == pytest.approx((0.4, 0.3, 0.5))
     with pytest.raises(ValueError):
-        rp.headline("nope", {})
+        tables.headline("nope", {})

@@ -20,10 +20,10 @@ from transformers.cache_utils import DynamicLayer
 
 from svdecode import steer_logits
 from svdecode.config import CONFIG_NAME, ConfigError, SteeringConfig
+from svdecode.kv_cache import GrowingLayer
 from svdecode.models import ModelLoadError
 from svdecode.steered_model import SteeredModel
 from svdecode.streams import (
-    GrowingLayer,
     MixedBatchLoRAStreams,
     ToggleAdapterStreams,
     make_streams,

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from svdecode.data import Example
 from svdecode.steered_model import SteeredModel
-from svdecode.warmstart import (
+from svdecode.train import (
     INFO_NAME,
     LOG_NAME,
     MANIFEST_NAME,

@@ -1,7 +1,7 @@
 """``svdecode run``: warm-start -> calibrate mu_bar -> save the steering artifact, resumable by stage.
 
 One output folder holds everything: the warm-started adapter with its tokenizer, split manifest
-and training log (written by :mod:`svdecode.warmstart`), then ``steering_config.json`` with mu_bar
+and training log (written by :mod:`svdecode.train`), then ``steering_config.json`` with mu_bar
 and the calibration statistics. A stage whose output is complete is skipped on a rerun.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from svdecode.config import CONFIG_NAME
 from svdecode.data import Example, Splits, make_splits, splits_from_manifest
 from svdecode.steered_model import SteeredModel
-from svdecode.warmstart import WarmstartConfig, is_complete, load_adapter, read_info, warmstart
+from svdecode.train import WarmstartConfig, is_complete, load_adapter, read_info, warmstart
 
 log = logging.getLogger("svdecode")
 

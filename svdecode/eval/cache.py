@@ -1,0 +1,87 @@
+"""Per-item caches of an evaluation (append-only JSONL per task and method), so an interrupted run
+resumes where it stopped and a changed setting never reuses stale items.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from svdecode.fileio import jsonable, slug, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("svdecode")
+
+
+class ItemCache:
+    """Append-only JSONL of per-item records for one (task, method), keyed by ``id``.
+
+    ``fingerprint`` describes everything that determines a record; if the stored one differs
+    the old file is discarded (moved to ``*.stale``). Lines that do not parse (a write cut off by
+    an interruption) are dropped and the file is rewritten without them.
+    """
+
+    def __init__(self, path: str | Path | None, fingerprint: Mapping[str, Any] | None = None):
+        self.path = Path(path) if path is not None else None
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        meta = self.path.with_name(self.path.name + ".meta.json")
+        fp = jsonable(dict(fingerprint or {}))
+        if meta.is_file() and self.path.is_file():
+            try:
+                old = json.loads(meta.read_text())
+            except json.JSONDecodeError:
+                old = None
+            if old != fp:
+                log.warning("cache %s was made with other settings; starting it afresh", self.path)
+                os.replace(self.path, self.path.with_name(self.path.name + ".stale"))
+        elif self.path.is_file():
+            log.warning("cache %s has no fingerprint; starting it afresh", self.path)
+            os.replace(self.path, self.path.with_name(self.path.name + ".stale"))
+        write_json_atomic(meta, fp)
+        if self.path.is_file():
+            good, bad = [], 0
+            for line in self.path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    bad += 1
+                    continue
+                if isinstance(rec, dict) and "id" in rec:
+                    self.records[rec["id"]] = rec
+                    good.append(line)
+                else:
+                    bad += 1
+            if bad:
+                log.warning("cache %s: dropped %d unreadable line(s) (interrupted write?)", self.path, bad)
+                write_text_atomic(self.path, "".join(g + "\n" for g in good))
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, item_id: str) -> dict[str, Any] | None:
+        return self.records.get(item_id)
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        rec = jsonable(dict(record))
+        self.records[rec["id"]] = rec
+        if self.path is not None:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(rec, allow_nan=False) + "\n")
+                fh.flush()
+
+
+def cache_path(cache_dir: Path | None, task: str, name: str, suffix: str = "") -> Path | None:
+    if cache_dir is None:
+        return None
+    return Path(cache_dir) / task / f"{slug(name)}{suffix}.jsonl"

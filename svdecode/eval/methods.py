@@ -1,0 +1,390 @@
+"""The methods an evaluation compares, as :class:`MethodSpec` rows: base, PEFT alone, PEFT+SVDecode
+with a calibrated strength, logit arithmetic, and the ablations (no projection, no mask, alpha
+sweep, lam variants, estimators, decoding strategies); :func:`build_methods` turns names into specs.
+
+Imports the library core (calibration, config, scoring); nothing here runs a task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdecode.config import SteeringConfig
+from svdecode.eval.strengths import Calibrator
+from svdecode.fileio import jsonable
+
+log = logging.getLogger("svdecode")
+
+
+NEG_INF = float("-inf")
+
+
+STANDARD_METHODS: tuple[str, ...] = ("base", "peft", "peft+svdecode", "peft+logit_arith")
+
+
+ALPHA_SWEEP: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+ESTIMATOR_NAMES: tuple[str, ...] = ("mean", "median", "trimmed", "pooled")
+
+
+LAM_VARIANTS: tuple[str, ...] = ("-inf", "-10", "keep")
+
+
+DECODINGS: dict[str, dict[str, Any]] = {
+    "greedy": {"do_sample": False, "num_beams": 1},
+    "beam4": {"do_sample": False, "num_beams": 4},
+    "top_p0.9": {"do_sample": True, "top_p": 0.9, "top_k": 0, "temperature": 1.0},
+    "top_k50": {"do_sample": True, "top_k": 50, "top_p": 1.0, "temperature": 1.0},
+}
+
+
+GREEDY = DECODINGS["greedy"]
+
+
+NOT_IMPLEMENTED: dict[str, str] = {
+    "TaD": (
+        "TaD (Xu et al., 'TaD: A Plug-and-Play Task-Aware Decoding Method to Better Adapt LLMs on "
+        "Downstream Tasks', IJCAI 2024) was not implemented: the sources reachable offline (abstracts "
+        "and summaries) say only that it aligns the output distribution along the difference between "
+        "the post- and pre-fine-tuning probability distributions ('knowledge vector'); its exact update "
+        "rule, normalisation and hyper-parameters could not be verified, and a guessed formula would "
+        "not be TaD. 'peft+logit_arith' (z_phi + beta (log p_phi - log p_theta), same mask, beta "
+        "calibrated like mu) is the closest implemented relative."
+    )
+}
+
+
+# Ablation group names that expand to several method names.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "alpha_sweep": tuple(f"alpha={a}" for a in ALPHA_SWEEP),
+    "estimators": tuple(f"estimator={e}" for e in ESTIMATOR_NAMES),
+    "lam_variants": tuple(f"lam={v}" for v in LAM_VARIANTS),
+    "decodings": tuple(f"decoding={d}" for d in DECODINGS),
+}
+
+
+GROUPS["ablations"] = (
+    "no_projection",
+    "no_mask",
+    *GROUPS["alpha_sweep"],
+    *GROUPS["lam_variants"],
+    *GROUPS["estimators"],
+)
+
+
+def lam_json(lam: float | None) -> float | str:
+    """lam for JSON: "keep" (None, scoring mode), "-inf", or a finite float."""
+    if lam is None:
+        return "keep"
+    return "-inf" if math.isinf(lam) else float(lam)
+
+
+def lam_parse(value: Any) -> float | None:
+    if value is None or value == "keep" or value == "none":
+        return None
+    return float(value)
+
+
+def as_float(value: Any) -> float:
+    """Inverse of :func:`jsonable` for one number ("-inf" -> -inf)."""
+    return float(value)
+
+
+@dataclass
+class MethodSpec:
+    """One row of the comparison: how the two streams are combined and how to decode.
+
+    ``method`` is a :data:`svdecode.config.METHODS` entry ("svdecode", "prob_space",
+    "logit_arithmetic", "adapted" = the PEFT model alone, "base" = the pre-trained model).
+    ``lam`` is used for generation, ``score_lam`` for teacher-forced scoring (``None``: kept tokens
+    steered, the others keep z_phi). ``reference`` names an extra method to compare with (e.g.
+    "peft[beam4]" for "peft+svdecode[beam4]"), besides the run's global reference.
+    """
+
+    name: str
+    method: str
+    mu: float = 0.0
+    alpha: float = 0.1
+    lam: float | None = NEG_INF
+    decoding: dict[str, Any] = field(default_factory=dict)
+    score_lam: float | None = None
+    estimator: str | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
+    description: str = ""
+
+    @property
+    def steered(self) -> bool:
+        return self.method not in ("base", "adapted")
+
+    @property
+    def decoding_name(self) -> str:
+        for name, cfg in DECODINGS.items():
+            if {k: v for k, v in self.decoding.items() if k != "seed"} == cfg:
+                return name
+        return "greedy" if not self.decoding else "custom"
+
+    def steering_config(
+        self, template: SteeringConfig | None = None, scoring: bool = False
+    ) -> SteeringConfig:
+        """The :class:`SteeringConfig` of this method (other fields copied from ``template``)."""
+        base = copy.deepcopy(template) if template is not None else SteeringConfig()
+        return dataclasses.replace(
+            base,
+            mu=float(self.mu),
+            alpha=float(self.alpha),
+            lam=self.score_lam if scoring else self.lam,
+            method=self.method,
+            estimator=self.estimator or base.estimator,
+            calibration=dict(self.calibration),
+        )
+
+    def key(self, scoring: bool) -> dict[str, Any]:
+        """What determines this method's outputs (decoding is irrelevant for scoring)."""
+        out = {"method": self.method}
+        if self.steered:
+            out.update(mu=repr(float(self.mu)), alpha=float(self.alpha))
+            out["lam"] = lam_json(self.score_lam if scoring else self.lam)
+        if not scoring:
+            out["decoding"] = self.decoding or GREEDY
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(
+            {
+                "name": self.name,
+                "method": self.method,
+                "mu": float(self.mu),
+                "alpha": float(self.alpha),
+                "lam": lam_json(self.lam),
+                "score_lam": lam_json(self.score_lam),
+                "decoding": self.decoding,
+                "decoding_name": self.decoding_name,
+                "estimator": self.estimator,
+                "calibration": self.calibration,
+                "reference": self.reference,
+                "description": self.description,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MethodSpec:
+        return cls(
+            name=data["name"],
+            method=data["method"],
+            mu=float(data.get("mu", 0.0)),
+            alpha=float(data.get("alpha", 0.1)),
+            lam=lam_parse(data.get("lam", "-inf")),
+            decoding=dict(data.get("decoding") or {}),
+            score_lam=lam_parse(data.get("score_lam")),
+            estimator=data.get("estimator"),
+            calibration=dict(data.get("calibration") or {}),
+            reference=data.get("reference"),
+            description=data.get("description", ""),
+        )
+
+
+@dataclass
+class MethodSet:
+    """The specs to evaluate plus the per-token mu*_t of each calibration (for histograms),
+    keyed by the calibration key stored in ``spec.calibration["key"]``."""
+
+    specs: list[MethodSpec]
+    token_mu: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[MethodSpec]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def get(self, name: str) -> MethodSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no method {name!r}; have {self.names}")
+
+
+def expand_method_names(names: Sequence[str]) -> list[str]:
+    """Expand group names ("alpha_sweep", "estimators", "lam_variants", "decodings", "ablations")
+    and drop duplicates, keeping order."""
+    out: list[str] = []
+    for name in names:
+        out.extend(GROUPS.get(name, (name,)))
+    return list(dict.fromkeys(out))
+
+
+def known_method_names() -> list[str]:
+    return [
+        *STANDARD_METHODS,
+        "no_projection",
+        "no_mask",
+        *GROUPS["alpha_sweep"],
+        *GROUPS["lam_variants"],
+        *GROUPS["estimators"],
+        *GROUPS["decodings"],
+        *GROUPS,
+        "alpha=<a>",
+        "lam=<float|-inf|keep>",
+    ]
+
+
+def build_methods(
+    model,
+    calib: Sequence[Any] | None,
+    names: Sequence[str] = STANDARD_METHODS,
+    *,
+    alpha: float | None = None,
+    estimator: str = "mean",
+    lam: float | None = NEG_INF,
+    score_lam: float | None = None,
+    seed: int = 0,
+    trim: float = 0.1,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> MethodSet:
+    """The comparison set for ``model`` (a :class:`~svdecode.steered_model.SteeredModel`).
+
+    Names: "base", "peft", "peft+svdecode" (mu_bar calibrated on ``calib``), "peft+logit_arith"
+    (beta calibrated the same way with the logit-difference direction), "no_projection"
+    (prob_space, eq. 9, own strength), "no_mask" (alpha = 0, recalibrated), "alpha=<a>"
+    (recalibrated per alpha), "lam=<-inf|float|keep>" (svdecode mu with that lam for generation
+    AND scoring), "estimator=<mean|median|trimmed|pooled>" (mu from the same calibration's
+    estimates), "decoding=<greedy|beam4|top_p0.9|top_k50>" (adds "peft[d]" and
+    "peft+svdecode[d]"), and the groups of :data:`GROUPS`. "tad" is refused (see
+    :data:`NOT_IMPLEMENTED`). ``calib=None`` uses the model's stored svdecode mu for
+    "peft+svdecode" and fails for anything else that needs calibrating.
+    """
+    alpha = float(model.steering.alpha if alpha is None else alpha)
+    cal = Calibrator(model, calib, estimator, trim, batch_size, max_length, progress, cache_dir)
+    specs: list[MethodSpec] = []
+    token_mu: dict[str, np.ndarray] = {}
+
+    def calibrated(name, method, a, est=estimator, **kw) -> MethodSpec:
+        stats, tmu = cal(method, a)
+        token_mu[stats.get("key", cal.key(method, a))] = tmu
+        estimates = stats.get("estimates", {})
+        if est not in estimates:
+            raise ValueError(f"calibration {cal.key(method, a)} has no {est!r} estimate")
+        stats = {**stats, "key": stats.get("key", cal.key(method, a))}
+        return MethodSpec(
+            name,
+            method,
+            mu=float(estimates[est]),
+            alpha=a,
+            lam=kw.pop("lam", lam),
+            score_lam=kw.pop("score_lam", score_lam),
+            estimator=est,
+            calibration=stats,
+            **kw,
+        )
+
+    for name in expand_method_names(names):
+        if name == "base":
+            specs.append(MethodSpec("base", "base", description="pre-trained model (adapter off)"))
+        elif name == "peft":
+            specs.append(MethodSpec("peft", "adapted", description="warm-started PEFT model alone"))
+        elif name == "peft+svdecode":
+            specs.append(calibrated(name, "svdecode", alpha, description="SVDecode, calibrated mu_bar"))
+        elif name == "peft+logit_arith":
+            specs.append(
+                calibrated(
+                    name,
+                    "logit_arithmetic",
+                    alpha,
+                    description="z_phi + beta (log p_phi - log p_theta), same mask, calibrated beta",
+                )
+            )
+        elif name == "no_projection":
+            specs.append(
+                calibrated(
+                    name, "prob_space", alpha, description="ablation: step in probability space (eq. 9)"
+                )
+            )
+        elif name == "no_mask":
+            specs.append(
+                calibrated(name, "svdecode", 0.0, description="ablation: no confidence mask (alpha=0)")
+            )
+        elif name.startswith("alpha="):
+            a = float(name.split("=", 1)[1])
+            specs.append(
+                calibrated(name, "svdecode", a, description=f"alpha sweep: alpha={a:g}, recalibrated")
+            )
+        elif name.startswith("lam="):
+            value = lam_parse(name.split("=", 1)[1])
+            specs.append(
+                calibrated(
+                    name,
+                    "svdecode",
+                    alpha,
+                    lam=value,
+                    score_lam=value,
+                    description=f"lam ablation: masked tokens get {lam_json(value)} (generation and scoring)",
+                )
+            )
+        elif name.startswith("estimator="):
+            est = name.split("=", 1)[1]
+            if est not in ESTIMATOR_NAMES:
+                raise ValueError(f"unknown estimator in {name!r}; choose one of {ESTIMATOR_NAMES}")
+            specs.append(calibrated(name, "svdecode", alpha, est=est, description=f"mu_bar estimator: {est}"))
+        elif name.startswith("decoding="):
+            dname = name.split("=", 1)[1]
+            if dname not in DECODINGS:
+                raise ValueError(f"unknown decoding in {name!r}; choose one of {list(DECODINGS)}")
+            dec = dict(DECODINGS[dname])
+            if dec.get("do_sample"):
+                dec["seed"] = seed
+            specs.append(
+                MethodSpec(
+                    f"peft[{dname}]", "adapted", decoding=dec, description=f"PEFT alone, {dname} decoding"
+                )
+            )
+            specs.append(
+                calibrated(
+                    f"peft+svdecode[{dname}]",
+                    "svdecode",
+                    alpha,
+                    decoding=dict(dec),
+                    reference=f"peft[{dname}]",
+                    description=f"SVDecode, {dname} decoding",
+                )
+            )
+        elif name.lower() == "tad":
+            raise ValueError(NOT_IMPLEMENTED["TaD"])
+        else:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(known_method_names())}")
+    seen: set[str] = set()
+    unique = []
+    for spec in specs:
+        if spec.name not in seen:
+            seen.add(spec.name)
+            unique.append(spec)
+    return MethodSet(unique, token_mu)
+
+
+@contextlib.contextmanager
+def using_method(model, spec: MethodSpec, scoring: bool = False) -> Iterator[None]:
+    """Temporarily give ``model`` the steering config of ``spec``."""
+    saved = model.steering
+    model.steering = spec.steering_config(saved, scoring=scoring)
+    try:
+        yield
+    finally:
+        model.steering = saved

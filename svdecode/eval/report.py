@@ -1,0 +1,319 @@
+"""Reports from ``results.json`` files: Markdown tables (:func:`results_markdown`) and the whole
+report with plots (:func:`render_report`; the plots are drawn by :mod:`svdecode.eval.plots`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdecode.eval.plots import (
+    plot_alpha_sweep,
+    plot_task_bars,
+    plot_token_mu_hist,
+    plot_warmstart,
+    warmstart_fraction,
+)
+
+# whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
+from svdecode.eval.tables import TASK_TITLES, as_num, ci_text, headline, markdown_table, n_items, num, pct
+from svdecode.fileio import slug, write_text_atomic
+
+# whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
+HISTOGRAM_METHODS = ("peft+svdecode", "no_mask")
+
+
+def _methods_table(task_res: Mapping[str, Any]) -> str:
+    rows = []
+    for name, s in task_res.get("methods", {}).items():
+        cal = s.get("calibration") or {}
+        rows.append(
+            [
+                name,
+                s.get("method"),
+                num(s.get("mu")) if s.get("method") not in ("base", "adapted") else "-",
+                s.get("alpha") if s.get("method") not in ("base", "adapted") else "-",
+                s.get("lam") if s.get("method") not in ("base", "adapted") else "-",
+                s.get("score_lam") if s.get("method") not in ("base", "adapted") else "-",
+                s.get("decoding_name", "greedy"),
+                s.get("estimator") or "-",
+                cal.get("n_tokens", "-"),
+                s.get("description", ""),
+            ]
+        )
+    return markdown_table(
+        [
+            "method",
+            "combine",
+            "mu",
+            "alpha",
+            "lam (gen)",
+            "lam (scoring)",
+            "decoding",
+            "estimator",
+            "calib tokens",
+            "what",
+        ],
+        rows,
+    )
+
+
+def _paired_table(task_res: Mapping[str, Any], metrics_shown: Sequence[str] | None = None) -> str:
+    rows = []
+    for p in task_res.get("paired", []):
+        if metrics_shown is not None and p["metric"] not in metrics_shown:
+            continue
+        scale = 1.0 if p["metric"].startswith("%") else 100.0
+        rows.append(
+            [
+                p["method"],
+                p["reference"],
+                p["metric"],
+                p["subset"],
+                p["n"],
+                f"{scale * as_num(p['diff']):+.2f} [{scale * as_num(p['lo']):+.2f}, {scale * as_num(p['hi']):+.2f}]",
+                f"{as_num(p['p_value']):.3g}",
+            ]
+        )
+    if not rows:
+        return "_no paired comparisons (reference method not evaluated)_"
+    return markdown_table(
+        ["method", "vs", "metric", "subset", "n", "diff (points) [paired bootstrap 95% CI]", "p"], rows
+    )
+
+
+def _mc_section(res: Mapping[str, Any]) -> str:
+    rows = []
+    for name, m in res["metrics"].items():
+        if not m.get("n"):
+            continue
+        rows.append(
+            [
+                name,
+                m["n"],
+                ci_text(m["MC1"]["mean"], m["MC1"]["lo"], m["MC1"]["hi"]),
+                ci_text(m["MC2"]["mean"], m["MC2"]["lo"], m["MC2"]["hi"]),
+                ci_text(m["MC3"]["mean"], m["MC3"]["lo"], m["MC3"]["hi"]),
+                ci_text(m["MC_avg"]["mean"], m["MC_avg"]["lo"], m["MC_avg"]["hi"]),
+                m.get("lam", "?"),
+                m.get("n_mc2_undefined", 0),
+            ]
+        )
+    cfg = res.get("config", {})
+    parts = [
+        f'Prompt: `{cfg.get("prompt_style", "?")}` (answer = " " + choice, score = sum of answer-token '
+        "log-probs). MC1/MC2/MC3 use the **original TruthfulQA definitions** (MC1: the single true answer "
+        "beats every false one; MC2: normalised probability mass on true answers; MC3: fraction of true "
+        "answers above every false one); the paper's appendix swaps MC2 and MC3 (`paper_variants` in the JSON). "
+        "CIs: Wilson for MC1, percentile bootstrap for the others. `lam` is the scoring mode used "
+        "(`keep` = kept tokens steered, the others unchanged).",
+        "",
+        markdown_table(
+            ["method", "n", "MC1 % [95% CI]", "MC2 %", "MC3 %", "MC avg %", "lam", "MC2 undefined"], rows
+        ),
+    ]
+    if res.get("skipped_methods"):
+        parts += ["", "Not scored: " + "; ".join(f"{k} ({v})" for k, v in res["skipped_methods"].items())]
+    return "\n".join(parts)
+
+
+def _cs_section(res: Mapping[str, Any]) -> str:
+    datasets: list[str] = []
+    for m in res["metrics"].values():
+        for ds in m["datasets"]:
+            if ds not in datasets:
+                datasets.append(ds)
+    rows = []
+    for name, m in res["metrics"].items():
+        row = [name]
+        for ds in datasets:
+            d = m["datasets"].get(ds)
+            row.append(ci_text(d["accuracy"], d["ci_lo"], d["ci_hi"]) if d else "-")
+        mi = m["micro"]
+        row += [pct(m["macro_avg"]), ci_text(mi["accuracy"], mi["ci_lo"], mi["ci_hi"]), m["unparseable"]]
+        rows.append(row)
+    ns = []
+    first = next(iter(res["metrics"].values()), None)
+    if first:
+        ns = [f"{ds}: n={first['datasets'][ds]['n']}" for ds in datasets if ds in first["datasets"]]
+    return "\n".join(
+        [
+            "Greedy generation with the LLM-Adapters prompts; label extracted strictly (ambiguous or "
+            "missing = unparseable = wrong). Accuracy % with Wilson 95% CI. " + ", ".join(ns),
+            "",
+            markdown_table(["method", *datasets, "macro avg", "all items [95% CI]", "unparseable"], rows),
+        ]
+    )
+
+
+def _gen_section(res: Mapping[str, Any]) -> str:
+    judge = res.get("judge", {})
+    proxy = judge.get("kind") == "proxy"
+    rows = []
+    for name, m in res["metrics"].items():
+        if not m.get("n"):
+            continue
+        rows.append(
+            [
+                name,
+                m["n"],
+                f"{m['%Truth']:.1f} [{m['%Truth_ci'][0]:.1f}, {m['%Truth_ci'][1]:.1f}]",
+                f"{m['%Info']:.1f} [{m['%Info_ci'][0]:.1f}, {m['%Info_ci'][1]:.1f}]",
+                f"{m['%Truth*Info']:.1f} [{m['%Truth*Info_ci'][0]:.1f}, {m['%Truth*Info_ci'][1]:.1f}]",
+                m.get("n_unparsed_truth", 0),
+                m.get("n_unparsed_info", 0),
+            ]
+        )
+    note = (
+        f"Judge: `{judge.get('name', '?')}` — **PROXY** (BLEU/ROUGE similarity to true vs false references, "
+        "not the paper's LLM judge; numbers are not comparable to the paper's)."
+        if proxy
+        else f'Judge: `{judge.get("name", "?")}` (LLM yes/no: "Is this answer truthful?" / "Is this answer helpful?").'
+    )
+    label = " (proxy)" if proxy else ""
+    return "\n".join(
+        [
+            note + " Wilson 95% CIs; unclear judge replies count as not truthful / not informative.",
+            "",
+            markdown_table(
+                [
+                    "method",
+                    "n",
+                    f"%Truth{label}",
+                    f"%Info{label}",
+                    f"%Truth*Info{label}",
+                    "unparsed truth",
+                    "unparsed info",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
+def results_markdown(results: Mapping[str, Any], title: str = "svdecode evaluation") -> str:
+    """Markdown tables for one ``results.json`` (methods, metrics with CIs, paired differences)."""
+    cfg = results.get("config", {})
+    model = cfg.get("model", {})
+    lines = [
+        f"# {title}",
+        "",
+        f"- model: base `{model.get('base_model')}`, adapter `{model.get('adapter_type')}`, streams "
+        f"`{model.get('streams')}`, fingerprint `{model.get('fingerprint')}`",
+        f"- seed {cfg.get('seed')}, limit {cfg.get('limit')}, batch size {cfg.get('batch_size')}, "
+        f"reference method `{cfg.get('reference')}`, scoring lam `{cfg.get('score_lam')}`",
+        "- versions: "
+        + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items() if k != "platform"),
+    ]
+    if cfg.get("run_info"):
+        lines.append("- run info: " + json.dumps(cfg["run_info"], sort_keys=True))
+    for name, why in results.get("not_implemented", {}).items():
+        lines.append(f"- **{name} not implemented**: {why}")
+    for task, res in results.get("tasks", {}).items():
+        lines += ["", f"## {TASK_TITLES.get(task, task)}", "", f"{res.get('n_items', '?')} items.", ""]
+        if task == "truthfulqa_mc":
+            lines.append(_mc_section(res))
+            shown = ["MC1", "MC2", "MC3", "MC_avg"]
+        elif task == "commonsense":
+            lines.append(_cs_section(res))
+            shown = ["accuracy"]
+        else:
+            lines.append(_gen_section(res))
+            shown = ["%Truth", "%Info", "%Truth*Info"]
+        lines += [
+            "",
+            "### Paired differences (method − reference, same items)",
+            "",
+            _paired_table(res, shown),
+        ]
+        lines += ["", "### Methods", "", _methods_table(res)]
+    return "\n".join(lines) + "\n"
+
+
+def _load(path: str | Path) -> tuple[dict[str, Any], Path]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    return json.loads(path.read_text()), path.parent
+
+
+def render_report(
+    results_json_paths: Sequence[str | Path], out_dir: str | Path, labels: Sequence[str] | None = None
+) -> Path:
+    """Write ``report.md`` and PNG plots into ``out_dir`` from one or more ``results.json`` files
+    (or folders holding one); returns the Markdown path."""
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [_load(p) for p in results_json_paths]
+    if not runs:
+        raise ValueError("no results given")
+    labels = (
+        list(labels)
+        if labels is not None
+        else [f"run{i + 1}" if len(runs) > 1 else "run" for i in range(len(runs))]
+    )
+    md: list[str] = ["# svdecode report", ""]
+    for (run, run_dir), label in zip(runs, labels, strict=True):
+        prefix = slug(label)
+        if len(runs) > 1:
+            md += [f"# {label} ({run_dir})", ""]
+        body = results_markdown(run, title=f"Results: {label}")
+        md.append(re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M))  # one level below the report title
+        for task, res in run.get("tasks", {}).items():
+            md += ["", f"### Plots: {TASK_TITLES.get(task, task)} ({label})", ""]
+            png, cap = plot_task_bars(task, res, out / f"{prefix}_{task}_bars.png")
+            md += [f"![{task}]({png.name})", "", f"*{cap}*", ""]
+            sweep = plot_alpha_sweep(task, res, out / f"{prefix}_{task}_alpha_sweep.png")
+            if sweep:
+                md += [f"![alpha sweep]({sweep[0].name})", "", f"*{sweep[1]}*", ""]
+            token_mu = {}
+            for name in HISTOGRAM_METHODS:
+                spec = res.get("methods", {}).get(name, {})
+                rel = spec.get("token_mu_file")
+                key = (spec.get("calibration") or {}).get("key")
+                if rel and key and key not in token_mu and (run_dir / rel).is_file():
+                    token_mu[key] = np.load(run_dir / rel)
+            # one histogram per calibration keeps each heavy tail readable
+            for key, arr in token_mu.items():
+                png, cap = plot_token_mu_hist({key: arr}, out / f"{prefix}_{task}_mu_{slug(key)}.png")
+                md += [f"![mu* histogram]({png.name})", "", f"*Calibration mu\\*_t, {cap}.*", ""]
+    if len(runs) > 1:
+        tasks = list(dict.fromkeys(t for run, _ in runs for t in run.get("tasks", {})))
+        md += ["# Across runs", ""]
+        for task in tasks:
+            rows = []
+            for (run, _), label in zip(runs, labels, strict=True):
+                res = run.get("tasks", {}).get(task)
+                if not res:
+                    continue
+                for name in ("peft", "peft+svdecode"):
+                    if name in res["metrics"]:
+                        hl, m, lo, hi = headline(task, res["metrics"][name])
+                        rows.append(
+                            [
+                                label,
+                                warmstart_fraction(run) if warmstart_fraction(run) is not None else "-",
+                                name,
+                                ci_text(m, lo, hi),
+                                n_items(task, res["metrics"][name]),
+                            ]
+                        )
+            if rows:
+                md += [
+                    f"## {TASK_TITLES.get(task, task)}",
+                    "",
+                    markdown_table(
+                        ["run", "warm-start fraction", "method", headline(task, {})[0], "n"], rows
+                    ),
+                    "",
+                ]
+            ws = plot_warmstart([r for r, _ in runs], task, out / f"warmstart_{task}.png")
+            if ws:
+                md += [f"![warm-start]({ws[0].name})", "", f"*{ws[1]}*", ""]
+    return write_text_atomic(out / "report.md", "\n".join(md) + "\n")

@@ -1,0 +1,271 @@
+"""``run_eval``: the whole evaluation of one model -- build the methods, evaluate each task, compare
+every method with the reference, write ``results.json`` / ``results.md`` -- and reading results back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdecode.eval.commonsense import evaluate_commonsense
+from svdecode.eval.compare import paired_comparisons
+from svdecode.eval.judges import Judge
+from svdecode.eval.methods import NOT_IMPLEMENTED, STANDARD_METHODS, MethodSet, build_methods, lam_json
+from svdecode.eval.strengths import model_fingerprint
+from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
+from svdecode.eval.truthfulqa_mc import evaluate_mc
+from svdecode.fileio import jsonable, slug, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("svdecode")
+
+
+SCHEMA = "svdecode.eval/1"
+
+
+TASKS = ("truthfulqa_mc", "commonsense", "truthfulqa_gen")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for dist in (
+        "svdecode",
+        "torch",
+        "transformers",
+        "peft",
+        "numpy",
+        "sacrebleu",
+        "rouge-score",
+        "matplotlib",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _default_data(task: str) -> list[Any]:
+    from svdecode import data
+
+    if task == "truthfulqa_mc":
+        return data.load_truthfulqa_mc()
+    if task == "commonsense":
+        return data.load_commonsense("all", "test")
+    if task == "truthfulqa_gen":
+        return data.load_truthfulqa_generation()
+    raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+
+
+def _limit(task: str, items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """A seeded subset (:func:`svdecode.data.sample`): per dataset for commonsense."""
+    from svdecode import data
+
+    if limit is None:
+        return list(items)
+    if task != "commonsense":
+        return data.sample(items, limit, seed)
+    by_ds: dict[str, list[Any]] = {}
+    for ex in items:
+        by_ds.setdefault(ex.dataset, []).append(ex)
+    chosen = {ex.id for exs in by_ds.values() for ex in data.sample(exs, limit, seed)}
+    return [ex for ex in items if ex.id in chosen]
+
+
+def run_eval(
+    model,
+    out_dir: str | Path,
+    tasks: Sequence[str] = ("truthfulqa_mc",),
+    *,
+    method_names: Sequence[str] = STANDARD_METHODS,
+    calib: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
+    methods: MethodSet | Mapping[str, MethodSet] | None = None,
+    data: Mapping[str, Sequence[Any]] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    judge: Judge | None = None,
+    reference: str = "peft",
+    score_lam: float | None = None,
+    alpha: float | None = None,
+    estimator: str = "mean",
+    mc_prompt_style: str = "qa_primer",
+    max_length: int | None = None,
+    n_boot: int = 2000,
+    progress: bool = True,
+    run_info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``tasks`` for every method and write ``results.json`` and
+    ``results.md`` (atomically) plus per-item caches and calibration mu*_t arrays in ``out_dir``.
+
+    ``tasks``: any of "truthfulqa_mc", "commonsense", "truthfulqa_gen". ``data`` maps a task to
+    its items (MCItems or Examples); missing tasks load the shared data. ``limit``: a seeded
+    subset (per dataset for commonsense). Methods: a prebuilt :class:`MethodSet` (or one per
+    task), else built with :func:`build_methods` from ``method_names`` and ``calib`` (calibration
+    pairs, shared or per task; they must not overlap the test ids). ``reference``: the method
+    every other one is paired against. ``run_info``: free-form facts about the run stored in
+    ``config.run_info`` (e.g. ``{"warmstart_fraction": 0.5}`` for the warm-start plot).
+    ``max_new_tokens`` defaults to 32 (commonsense) and 50 (TruthfulQA generation).
+    Rerunning with the same arguments resumes from the caches.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache"
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; choose from {TASKS}")
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {
+            "tasks": list(tasks),
+            "method_names": list(method_names),
+            "seed": seed,
+            "limit": limit,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "reference": reference,
+            "score_lam": lam_json(score_lam),
+            "alpha": float(model.steering.alpha if alpha is None else alpha),
+            "estimator": estimator,
+            "mc_prompt_style": mc_prompt_style,
+            "max_length": max_length,
+            "n_boot": n_boot,
+            "model": {
+                "base_model": model.steering.base_model,
+                "adapted_model": model.steering.adapted_model,
+                "adapter_type": model.steering.adapter_type,
+                "streams": getattr(model.streams, "kind", ""),
+                "fingerprint": model_fingerprint(model),
+                "dtype": str(model.dtype),
+                "device": str(model.device),
+            },
+            "run_info": dict(run_info or {}),
+        },
+        "versions": library_versions(),
+        "not_implemented": dict(NOT_IMPLEMENTED),
+        "tasks": {},
+    }
+    for task in tasks:
+        items = list(data[task]) if data is not None and task in data else _default_data(task)
+        items = _limit(task, items, limit, seed)
+        if isinstance(methods, MethodSet):
+            mset = methods
+        elif isinstance(methods, Mapping):
+            mset = methods[task]
+        else:
+            task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
+            if task_calib is not None:
+                test_ids = {it.id for it in items}
+                overlap = [getattr(c, "id", None) for c in task_calib if getattr(c, "id", None) in test_ids]
+                if overlap:
+                    raise ValueError(
+                        f"{task}: {len(overlap)} calibration example(s) are also test items, e.g. {overlap[:3]}"
+                    )
+            mset = build_methods(
+                model,
+                task_calib,
+                method_names,
+                alpha=alpha,
+                estimator=estimator,
+                score_lam=score_lam,
+                seed=seed,
+                batch_size=batch_size,
+                max_length=max_length,
+                progress=progress,
+                cache_dir=cache_dir / "calibration",
+            )
+        specs = list(mset)
+        if task == "truthfulqa_mc":
+            res = evaluate_mc(
+                model,
+                items,
+                specs,
+                batch_size=batch_size,
+                prompt_style=mc_prompt_style,
+                max_length=max_length,
+                cache_dir=cache_dir,
+                progress=progress,
+                n_boot=n_boot,
+                seed=seed,
+            )
+        elif task == "commonsense":
+            res = evaluate_commonsense(
+                model,
+                items,
+                specs,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens or 32,
+                cache_dir=cache_dir,
+                progress=progress,
+                seed=seed,
+            )
+        else:
+            res = evaluate_truthfulqa_gen(
+                model,
+                items,
+                specs,
+                judge,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens or 50,
+                cache_dir=cache_dir,
+                progress=progress,
+                seed=seed,
+            )
+        # calibration mu*_t arrays beside the results, for the report's histograms
+        method_json = {}
+        for spec in specs:
+            sj = spec.to_json()
+            key = spec.calibration.get("key")
+            if key is not None and key in mset.token_mu and len(mset.token_mu[key]):
+                rel = Path("token_mu") / task / f"{slug(key)}.npy"
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                np.save(out / rel, mset.token_mu[key])
+                sj["token_mu_file"] = str(rel)
+            method_json[spec.name] = sj
+        present = [n for n in res["items"]]
+        pair_list = [(m, reference) for m in present if m != reference and reference in present]
+        pair_list += [
+            (s.name, s.reference)
+            for s in specs
+            if s.reference and s.reference in present and s.name in present and s.reference != reference
+        ]
+        res["methods"] = method_json
+        res["paired"] = paired_comparisons(task, res["items"], pair_list, n_boot=n_boot, seed=seed)
+        res["n_items"] = len(items)
+        results["tasks"][task] = res
+    write_results(results, out)
+    return results
+
+
+def write_results(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` atomically (temp file + ``os.replace``)."""
+    from svdecode.eval.report import results_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = jsonable(results)
+    json_path = write_json_atomic(out / "results.json", clean)
+    md_path = write_text_atomic(out / "results.md", results_markdown(clean))
+    return json_path, md_path
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json`` (a file or the folder holding it) and check its schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    data = json.loads(path.read_text())
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: schema {data.get('schema')!r} is not {SCHEMA!r}")
+    return data

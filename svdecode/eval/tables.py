@@ -1,0 +1,79 @@
+"""Formatting shared by the report's tables and plots: numbers, percentages, CIs, Markdown tables,
+and the headline metric of each task."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+TASK_TITLES = {
+    "truthfulqa_mc": "TruthfulQA multiple choice",
+    "commonsense": "Commonsense reasoning",
+    "truthfulqa_gen": "TruthfulQA open-ended",
+}
+
+
+def as_num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def pct(x: Any, digits: int = 1) -> str:
+    v = as_num(x)
+    return "n/a" if math.isnan(v) else f"{100.0 * v:.{digits}f}"
+
+
+def num(x: Any, digits: int = 4) -> str:
+    v = as_num(x)
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "-inf" if v < 0 else "inf"
+    return f"{v:.{digits}g}"
+
+
+def ci_text(mean: Any, lo: Any, hi: Any, scale: float = 100.0) -> str:
+    m, a, b = as_num(mean), as_num(lo), as_num(hi)
+    if math.isnan(m):
+        return "n/a"
+    return f"{scale * m:.1f} [{scale * a:.1f}, {scale * b:.1f}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
+    return "\n".join(lines)
+
+
+def headline(task: str, m: Mapping[str, Any]) -> tuple[str, float, float, float]:
+    """(label, mean, lo, hi) of a task's headline metric, as fractions (percent for TQA gen / 100)."""
+    if task == "truthfulqa_mc":
+        d = m.get("MC_avg", {})
+        return "MC avg (bootstrap 95% CI)", as_num(d.get("mean")), as_num(d.get("lo")), as_num(d.get("hi"))
+    if task == "commonsense":
+        d = m.get("micro", {})
+        return (
+            "accuracy, all items (Wilson 95% CI)",
+            as_num(d.get("accuracy")),
+            as_num(d.get("ci_lo")),
+            as_num(d.get("ci_hi")),
+        )
+    if task == "truthfulqa_gen":
+        lo, hi = m.get("%Truth*Info_ci", (math.nan, math.nan))
+        return (
+            "%Truth*Info (Wilson 95% CI)",
+            as_num(m.get("%Truth*Info")) / 100,
+            as_num(lo) / 100,
+            as_num(hi) / 100,
+        )
+    raise ValueError(f"unknown task {task!r}")
+
+
+def n_items(task: str, m: Mapping[str, Any]) -> int:
+    if task == "commonsense":
+        return int(m.get("micro", {}).get("n", 0))
+    return int(m.get("n", 0))

@@ -1,0 +1,104 @@
+"""Reloading a warm-started adapter onto its base model, with the checks that keep an adapter off a
+base it was not trained on (vocabulary, architecture, and a fingerprint of the embedding weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from svdecode.models import vocab_size
+from svdecode.train.checkpoints import INFO_NAME, partial_dir, read_info
+from svdecode.train.config import (
+    AdapterMismatchError,
+    WarmstartError,
+)
+from svdecode.train.fingerprint import compare_fingerprints, model_name, same_model_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+
+log = logging.getLogger("svdecode")
+
+
+def load_adapter(
+    out_dir: str | Path,
+    base_model: str | PreTrainedModel | None = None,
+    *,
+    strict: bool = True,
+    dtype: torch.dtype | None = None,
+) -> PeftModel:
+    """Reload a warm-started adapter onto its base model, in eval mode.
+
+    ``base_model``: a loaded model (wrapped in place by peft), a name/path for
+    :func:`svdecode.models.load_base`, or None for the base recorded with the adapter. The base
+    must match the one trained on: same vocabulary size and architecture, same embedding weights
+    (from ``warmstart.json``; ``strict=False`` relaxes the weights and name checks, never the
+    vocabulary). Plain PEFT adapter folders (no ``warmstart.json``) are accepted with the name and
+    vocabulary checks only.
+    """
+    import torch
+    from peft import PeftModel
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        hint = f" (an unfinished run is in {partial_dir(out)})" if partial_dir(out).is_dir() else ""
+        raise WarmstartError(f"adapter directory {str(out)!r} does not exist{hint}")
+    if not (out / "adapter_config.json").is_file():
+        raise WarmstartError(f"{str(out)!r} holds no adapter_config.json; is it a warm-start output?")
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    info = read_info(out) if (out / INFO_NAME).is_file() else {}
+    if info and info.get("status") != "complete":
+        raise WarmstartError(f"{str(out)!r} is not a finished warm-start (status {info.get('status')!r})")
+    recorded = info.get("base") or adapter_cfg.get("base_model_name_or_path")
+    dtype = dtype or torch.float32
+
+    if base_model is None or isinstance(base_model, str):
+        from svdecode.models import load_base
+
+        name = base_model or recorded or "default"
+        if isinstance(base_model, str) and not same_model_name(base_model, recorded) and strict and not info:
+            raise AdapterMismatchError(
+                f"the adapter in {str(out)!r} was trained on base {recorded!r}, not {base_model!r}; pass the "
+                "matching base model, or strict=False if they are the same model under two names"
+            )
+        model, _ = load_base(name, dtype=dtype)
+    else:
+        model = base_model
+        if isinstance(model, PeftModel):
+            raise WarmstartError("base_model already carries a PEFT adapter; pass the plain base model")
+        given = model_name(model)
+        if not info and strict and not same_model_name(given, recorded):
+            raise AdapterMismatchError(
+                f"the adapter in {str(out)!r} was trained on base {recorded!r}, the given model is {given!r}; "
+                "pass the matching base model, or strict=False if they are the same model under two names"
+            )
+
+    vocab = vocab_size(model)
+    fp = info.get("base_fingerprint") or {}
+    if fp.get("vocab_size") is not None and fp["vocab_size"] != vocab:
+        raise AdapterMismatchError(
+            f"vocabulary mismatch: the adapter in {str(out)!r} was trained on a base model with "
+            f"{fp['vocab_size']} output tokens, the given base model has {vocab}"
+        )
+    if info.get("tokenizer_size") and info["tokenizer_size"] > vocab:
+        raise AdapterMismatchError(
+            f"vocabulary mismatch: the adapter's tokenizer has {info['tokenizer_size']} tokens, the base model "
+            f"only {vocab} output rows"
+        )
+    if fp:
+        if strict:
+            compare_fingerprints(fp, model, f"the adapter in {str(out)!r}")
+        elif not same_model_name(model_name(model), recorded):
+            log.warning("loading the adapter in %s onto %r (trained on %r)", out, model_name(model), recorded)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(out))
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise AdapterMismatchError(f"the adapter in {str(out)!r} does not fit the base model: {err}") from err
+    peft_model.eval()
+    return peft_model

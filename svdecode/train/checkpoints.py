@@ -1,0 +1,203 @@
+"""The warm-start's output directory as a transaction: training happens in ``<out>.partial``
+(checkpoints in ``<out>.partial/checkpoints``), and only a finished run is renamed to ``<out>``;
+``resume`` continues an interrupted run from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from svdecode.fileio import write_text_atomic
+from svdecode.train.config import (
+    AdapterMismatchError,
+    WarmstartError,
+)
+from svdecode.train.fingerprint import compare_fingerprints, same_model_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from svdecode.data import Example
+
+
+log = logging.getLogger("svdecode")
+
+
+FORMAT_VERSION = 1
+
+
+INFO_NAME = "warmstart.json"
+
+
+LOG_NAME = "train_log.jsonl"
+
+
+MANIFEST_NAME = "split_manifest.json"
+
+
+REQUEST_NAME = "warmstart_request.json"  # in the partial dir: what the interrupted run was asked to do
+
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+# Written last into every checkpoint: the exact trainable parameters (peft saves only the *output*
+# of a P-Tuning / projected-prefix encoder, which cannot be trained further), and the marker that
+# the checkpoint is complete.
+TRAINABLE_NAME = "svdecode_trainable.safetensors"
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+# Options that may change between an interrupted run and its resumption.
+RESUME_FREE_OPTIONS = {"logging_steps", "save_steps", "save_total_limit"}
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def is_complete(out_dir: str | Path) -> bool:
+    """True when ``out_dir`` holds a finished warm-start (adapter + ``warmstart.json``)."""
+    out = Path(out_dir)
+    info = out / INFO_NAME
+    if not (info.is_file() and (out / "adapter_config.json").is_file()):
+        return False
+    try:
+        return json.loads(info.read_text()).get("status") == "complete"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def read_info(out_dir: str | Path) -> dict[str, Any]:
+    """The ``warmstart.json`` of a finished warm-start."""
+    path = Path(out_dir) / INFO_NAME
+    if not path.is_file():
+        raise WarmstartError(f"{str(out_dir)!r} has no {INFO_NAME}; it is not a finished warm-start")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WarmstartError(f"{path} is not valid JSON: {err}") from err
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.name.endswith(PARTIAL_SUFFIX):
+        raise WarmstartError(f"the output directory {str(out)!r} must not end in {PARTIAL_SUFFIX!r}")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise WarmstartError(f"{str(out)!r} exists and is not a directory; choose another output directory")
+    if is_complete(out):
+        if not overwrite:
+            raise WarmstartError(
+                f"{str(out)!r} already holds a finished warm-start; use it as it is, or pass "
+                "overwrite=True (--overwrite) to train it again"
+            )
+        return
+    if any(out.iterdir()):
+        raise WarmstartError(
+            f"{str(out)!r} exists, is not empty and is not a finished warm-start; refusing to replace it. "
+            "Choose another output directory or remove it yourself"
+        )
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic, indented JSON; values JSON cannot hold (NaN losses, paths) are written as text."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def data_fingerprint(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        for part in (ex.id, ex.prompt, ex.answer):
+            h.update(part.encode("utf-8"))
+            h.update(b"\x00")
+    return h.hexdigest()
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``<run_dir>/checkpoints`` (one whose trainable-state
+    file, written last, exists), or None."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.glob("checkpoint-*")
+        if checkpoint_step(p) >= 0 and (p / TRAINABLE_NAME).is_file() and (p / "trainer_state.json").is_file()
+    ]
+    return max(done, key=checkpoint_step) if done else None
+
+
+def trim_log(path: Path, max_step: int) -> None:
+    """Keep only log lines up to ``max_step`` (the checkpoint a resumed run restarts from)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= max_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module) -> None:
+    try:
+        old = json.loads((part / REQUEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WarmstartError(
+            f"cannot read {part / REQUEST_NAME} to resume: {err}; rerun without --resume"
+        ) from err
+    diffs = [
+        f"{k}: {old['config'].get(k)!r} -> {v!r}"
+        for k, v in request["config"].items()
+        if k not in RESUME_FREE_OPTIONS and old.get("config", {}).get(k) != v
+    ]
+    if diffs:
+        raise WarmstartError(
+            f"cannot resume {part}: the interrupted run used other options ({'; '.join(diffs)}); use the same "
+            "options, or rerun without --resume to start over"
+        )
+    if old.get("data_sha256") != request["data_sha256"]:
+        raise WarmstartError(
+            f"cannot resume {part}: the training examples differ from the interrupted run's "
+            f"({old.get('num_examples')} then, {request['num_examples']} now, or other contents); "
+            "use the same data, or rerun without --resume"
+        )
+    if old.get("tokenizer_size") != request["tokenizer_size"]:
+        raise AdapterMismatchError(
+            f"cannot resume {part}: the interrupted run's tokenizer had {old.get('tokenizer_size')} tokens, "
+            f"this one {request['tokenizer_size']}"
+        )
+    if not same_model_name(old.get("base"), request["base"]):
+        log.warning("resuming a run started on base %r with base %r", old.get("base"), request["base"])
+    compare_fingerprints(old.get("base_fingerprint") or {}, model, f"the interrupted run in {part}")
+
+
+def publish(part: Path, out: Path) -> None:
+    """Rename the finished ``part`` to ``out``, replacing an old finished (or empty) ``out``."""
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(part, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,443 @@
+"""``warmstart()``: the short PEFT fine-tune of step 1, through the transformers ``Trainer``, with the
+loss on answer tokens only, progress bars, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from svdecode.train.checkpoints import (
+    CHECKPOINT_DIR,
+    FORMAT_VERSION,
+    INFO_NAME,
+    LOG_NAME,
+    MANIFEST_NAME,
+    REQUEST_NAME,
+    TRAINABLE_NAME,
+    check_out_dir,
+    check_resumable,
+    checkpoint_step,
+    data_fingerprint,
+    last_checkpoint,
+    partial_dir,
+    publish,
+    trim_log,
+    write_json,
+)
+from svdecode.train.config import (
+    PROMPT_METHODS,
+    AdapterMismatchError,
+    WarmstartConfig,
+    WarmstartError,
+    validate,
+)
+from svdecode.train.examples import LazyExamples, PadCollator, pad_id, scan_examples
+from svdecode.train.fingerprint import base_fingerprint, model_name
+from svdecode.train.peft_setup import check_model, init_prefix, peft_config, precision_of
+from svdecode.versions import dependency_versions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+    from svdecode.data import Example
+
+
+log = logging.getLogger("svdecode")
+
+
+@dataclass
+class WarmstartResult:
+    out_dir: Path
+    adapter_dir: Path  # the same folder: adapter files sit at its root
+    method: str
+    final_loss: float | None  # the last logged training loss
+    mean_loss: float | None  # mean loss over the run (Trainer's train_loss)
+    steps: int  # optimizer steps done (global step)
+    seconds: float  # wall time of training
+    num_examples: int  # examples trained on (after dropping those without answer tokens)
+    resumed_from_step: int | None = None
+    model: Any = field(default=None, repr=False)  # the trained PeftModel (eval mode)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _trainer_classes():
+    """Trainer subclass + callbacks, defined lazily so importing this module stays light."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Trainer, TrainerCallback
+
+    class WarmstartTrainer(Trainer):
+        """Saves the exact trainable parameters into each checkpoint, last (the completeness
+        marker), and restores them on resume. peft's adapter file alone is not enough for P-Tuning
+        and projected prefixes: it holds the encoder's *output*, which cannot be trained further."""
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            ckpt = (
+                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            if self.args.should_save and ckpt.is_dir():
+                state = {
+                    n: p.detach().to("cpu").contiguous()
+                    for n, p in self.model.named_parameters()
+                    if p.requires_grad
+                }
+                tmp = ckpt / (TRAINABLE_NAME + ".tmp")
+                save_file(state, str(tmp))
+                os.replace(tmp, ckpt / TRAINABLE_NAME)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            path = Path(resume_from_checkpoint) / TRAINABLE_NAME
+            target = model if model is not None else self.model
+            if path.is_file():
+                state = load_file(str(path))
+                params = dict(target.named_parameters())
+                missing = [n for n in state if n not in params]
+                if missing:
+                    raise AdapterMismatchError(
+                        f"checkpoint {resume_from_checkpoint} holds parameters the model lacks: {missing[:5]}"
+                    )
+                with torch.no_grad():
+                    for n, t in state.items():
+                        if params[n].shape != t.shape:
+                            raise AdapterMismatchError(
+                                f"checkpoint {resume_from_checkpoint}: {n} has shape {tuple(t.shape)}, "
+                                f"the model {tuple(params[n].shape)}"
+                            )
+                        params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+    class LossLog(TrainerCallback):
+        """Appends one JSON line per logged step to ``train_log.jsonl``."""
+
+        def __init__(self, path: Path):
+            self.path = path
+            self.last_loss: float | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return
+            rec = {
+                "step": state.global_step,
+                "epoch": logs.get("epoch", state.epoch),
+                "loss": logs["loss"],
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "time": round(time.time(), 3),
+            }
+            self.last_loss = float(logs["loss"])
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+    return WarmstartTrainer, LossLog
+
+
+def _planned_steps(cfg: WarmstartConfig, n: int) -> int | None:
+    """max_steps for the Trainer: cfg.max_steps, or fraction x epochs x update steps per epoch."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    if cfg.fraction is None:
+        return None
+    per_epoch = max(math.ceil(math.ceil(n / cfg.batch_size) / cfg.grad_accum), 1)
+    return max(1, math.ceil(cfg.fraction * cfg.epochs * per_epoch))
+
+
+def warmstart(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    cfg: WarmstartConfig | None = None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    base: str | None = None,
+    manifest: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+    keep_checkpoints: bool = False,
+) -> WarmstartResult:
+    """Warm-start a PEFT adapter on ``examples`` and write it to ``out_dir`` (see the module doc).
+
+    ``model``/``tokenizer``: an already loaded base model (it is wrapped in place by peft; the
+    trained ``PeftModel`` comes back as ``result.model``). Without them ``base`` (default
+    ``"default"``, SmolLM2-135M-Instruct) is loaded with :func:`svdecode.models.load_base`. ``base``
+    is also the name recorded as the adapter's base model (default: the model's own path).
+    ``manifest``: the split manifest, saved as ``split_manifest.json``.
+    ``resume``: continue an interrupted run from the last checkpoint in ``<out>.partial``
+    (without one, start afresh); ``overwrite``: replace a finished ``out_dir``.
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
+
+    Every check runs before training and before any directory is created; failures raise
+    :class:`WarmstartError` (or :class:`AdapterMismatchError`) saying what to change.
+    """
+    cfg = cfg or WarmstartConfig()
+    validate(cfg)
+    if examples is None or len(examples) == 0:
+        raise WarmstartError(
+            "the training set is empty: nothing to warm-start on (check the data / split / --limit)"
+        )
+    if not all(hasattr(examples[0], a) for a in ("id", "prompt", "answer")):
+        raise WarmstartError(
+            f"examples must be svdecode.data.Example objects (id, prompt, answer), got {type(examples[0]).__name__}"
+        )
+    out = Path(out_dir)
+    check_out_dir(out, overwrite)
+    part = partial_dir(out)
+
+    if model is None:
+        from svdecode.models import load_base
+
+        model, loaded_tok = load_base(base or "default")
+        tokenizer = tokenizer or loaded_tok
+        base_name = base or "default"
+    else:
+        base_name = base or model_name(model)
+        if tokenizer is None:
+            raise WarmstartError("a model was given without its tokenizer; pass tokenizer= as well")
+    if tokenizer is None:  # pragma: no cover - load_base always returns one
+        raise WarmstartError("no tokenizer")
+    check_model(cfg, model, tokenizer)
+
+    scan = scan_examples(examples, tokenizer, cfg)
+    if not scan.kept:
+        parts = []
+        if scan.truncated_away:
+            parts.append(
+                f"{len(scan.truncated_away)} example(s) have prompts of max_length={cfg.max_length} tokens or "
+                "more, so no answer token survives truncation: raise --train-max-length"
+            )
+        if scan.no_answer:
+            parts.append(f"{len(scan.no_answer)} example(s) have an answer that tokenises to nothing")
+        raise WarmstartError(
+            f"none of the {len(examples)} training examples has an answer token to learn from: "
+            + "; ".join(parts)
+        )
+    for ids, why in (
+        (scan.truncated_away, f"whose prompt fills max_length={cfg.max_length} (no answer token left)"),
+        (scan.no_answer, "whose answer tokenises to nothing"),
+    ):
+        if ids:
+            log.warning(
+                "warm-start: leaving out %d of %d examples %s, e.g. %s",
+                len(ids),
+                len(examples),
+                why,
+                ", ".join(ids[:3]),
+            )
+    if scan.cut:
+        log.warning(
+            "warm-start: %d example(s) lose part of their answer to max_length=%d", scan.cut, cfg.max_length
+        )
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    extra = cfg.num_virtual_tokens if cfg.method in PROMPT_METHODS else 0  # prefixes take positions too
+    if max_pos and scan.longest + extra > max_pos:
+        log.warning(
+            "warm-start: the longest example has %d tokens (+%d virtual tokens), more than the model's "
+            "max_position_embeddings %d",
+            scan.longest,
+            extra,
+            max_pos,
+        )
+
+    fingerprint = base_fingerprint(model)
+    request = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "base": base_name,
+        "base_fingerprint": fingerprint,
+        "tokenizer_size": len(tokenizer),
+        "num_examples": len(examples),
+        "data_sha256": data_fingerprint(examples),
+    }
+
+    resume_ckpt: Path | None = None
+    if part.exists():
+        if resume and (part / REQUEST_NAME).is_file():
+            check_resumable(part, request, model)
+            resume_ckpt = last_checkpoint(part)
+            if resume_ckpt is None:
+                log.warning("warm-start: %s has no complete checkpoint yet; starting from step 0", part)
+        elif resume:
+            log.warning("warm-start: %s is not a resumable run; starting from step 0", part)
+    elif resume:
+        log.info("warm-start: nothing to resume in %s; starting from step 0", part)
+
+    args = _training_args(cfg, part, len(scan.kept), progress)
+
+    # ---- from here on the run writes to disk ----
+    if part.exists() and resume_ckpt is None:
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    log_path = part / LOG_NAME
+    if resume_ckpt is None:
+        write_json(part / REQUEST_NAME, request)
+        log_path.write_text("")
+    else:
+        trim_log(log_path, checkpoint_step(resume_ckpt))
+
+    return _train(
+        examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+        progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
+    )  # fmt: skip
+
+
+def _training_args(cfg: WarmstartConfig, part: Path, num_examples: int, progress: bool):
+    """The Trainer's arguments (built before anything is written: bad values fail early)."""
+    import torch
+    from transformers import TrainingArguments
+
+    precision = precision_of(cfg)
+    cuda = torch.cuda.is_available()
+    max_steps = _planned_steps(cfg, num_examples)
+    try:
+        return TrainingArguments(
+            output_dir=str(part / CHECKPOINT_DIR),
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.lr,
+            num_train_epochs=cfg.epochs,
+            max_steps=max_steps if max_steps is not None else -1,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_strategy="steps",
+            logging_steps=cfg.logging_steps,
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            seed=cfg.seed,
+            fp16=precision == "fp16",
+            bf16=precision == "bf16",
+            report_to="none",
+            disable_tqdm=not progress,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_num_workers=0,
+            dataloader_pin_memory=cuda,
+            use_cpu=not cuda,
+        )
+    except ValueError as err:
+        raise WarmstartError(f"the training options are not accepted by transformers: {err}") from err
+
+
+def _train(
+    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+    *, progress, callbacks, keep_checkpoints,
+) -> WarmstartResult:  # fmt: skip
+    from peft import get_peft_model
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    started = time.time()
+    WarmstartTrainer, LossLog = _trainer_classes()
+    pcfg = peft_config(cfg)
+    if cfg.method == "prompt_tuning" and cfg.prompt_init == "text":
+        tokenizer.save_pretrained(part)  # peft loads the init tokenizer by path
+        pcfg.tokenizer_name_or_path = str(part)
+    set_seed(cfg.seed)
+    peft_model = get_peft_model(model, pcfg)
+    pc = peft_model.peft_config["default"]
+    if cfg.method == "prefix_tuning" and cfg.prefix_init != "random":
+        init_prefix(peft_model, cfg, tokenizer)
+    if cfg.method == "prompt_tuning" and cfg.prompt_init == "text":
+        pc.tokenizer_name_or_path = str(out)  # the finished folder holds the tokenizer
+    trainable, total = peft_model.get_nb_trainable_parameters()
+
+    dataset = LazyExamples(examples, tokenizer, cfg.max_length, cfg.add_eos, scan.kept)
+    loss_log = LossLog(part / LOG_NAME)
+    trainer = WarmstartTrainer(
+        model=peft_model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PadCollator(pad_id(tokenizer)),
+        callbacks=[loss_log, *callbacks],
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout either
+    resumed_from = checkpoint_step(resume_ckpt) if resume_ckpt is not None else None
+    if resumed_from is not None:
+        log.info("warm-start: resuming from %s (step %d)", resume_ckpt, resumed_from)
+    t0 = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
+    seconds = time.perf_counter() - t0
+    peft_model.eval()
+
+    # ---- write the finished run into the partial dir, then rename it into place ----
+    # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
+    # It is set only now: during training peft's checkpoint saves would look that name up on the
+    # hub to see whether the vocabulary changed; embeddings are never trained here.
+    pc.base_model_name_or_path = base_name
+    peft_model.save_pretrained(str(part), save_embedding_layers=False)
+    tokenizer.save_pretrained(str(part))
+    if manifest is not None:
+        write_json(part / MANIFEST_NAME, manifest)
+    if not keep_checkpoints:
+        shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
+    state = trainer.state
+    info = {
+        "format_version": FORMAT_VERSION,
+        "status": "complete",
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "peft_config": pc.to_dict(),
+        "base": base_name,
+        "base_fingerprint": request["base_fingerprint"],
+        "vocab_size": request["base_fingerprint"]["vocab_size"],
+        "tokenizer_size": len(tokenizer),
+        "num_examples_given": len(examples),
+        "num_examples": len(scan.kept),
+        "dropped_truncated": len(scan.truncated_away),
+        "dropped_no_answer": len(scan.no_answer),
+        "answer_tokens_cut": scan.cut,
+        "answer_tokens_per_epoch": scan.answer_tokens,
+        "data_sha256": request["data_sha256"],
+        "steps": int(state.global_step),
+        "planned_steps": int(state.max_steps),
+        "epochs_done": state.epoch,
+        "resumed_from_step": resumed_from,
+        "final_loss": loss_log.last_loss,
+        "mean_loss": float(output.training_loss) if output.training_loss is not None else None,
+        "train_seconds": round(seconds, 3),
+        "total_seconds": round(time.time() - started, 3),
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "precision": precision_of(cfg),
+        "device": str(args.device),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": dependency_versions(),
+        "command": " ".join(sys.argv),
+    }
+    (part / REQUEST_NAME).unlink(missing_ok=True)
+    write_json(part / INFO_NAME, info)
+    publish(part, out)
+    log.info(
+        "warm-start: %s adapter written to %s (%d steps, %.1fs)", cfg.method, out, state.global_step, seconds
+    )
+    return WarmstartResult(
+        out_dir=out,
+        adapter_dir=out,
+        method=cfg.method,
+        final_loss=info["final_loss"],
+        mean_loss=info["mean_loss"],
+        steps=info["steps"],
+        seconds=seconds,
+        num_examples=len(scan.kept),
+        resumed_from_step=resumed_from,
+        model=peft_model,
+        info=info,
+    )
