@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
-ruff check svdecode tests benchmarks
+ruff check svdecode tests benchmarks scripts
 echo "== locked versions: $(python -c 'from svdecode.versions import describe; print(describe())')"
 python -m pytest -q "$@"
 

@@ -41,9 +41,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_placement_args(src)
 
 
-def add_placement_args(group) -> None:
-    from svdecode.models import DTYPE_NAMES
+# The weights' dtypes the CLI offers (svdecode.models.resolve_dtype also takes their aliases).
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
+
+def add_placement_args(group) -> None:
     group.add_argument(
         "--dtype",
         default="float32",
@@ -302,23 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="steered generation from prompts")
-    add_model_args(g)
-    add_steering_args(g)
-    g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    g.add_argument("--prompt-file", help="one prompt per line")
-    g.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--num-beams", type=int, default=1)
-    g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
-    g.set_defaults(func=cmd_generate)
+    _add_generate_parser(sub)
 
     c = sub.add_parser("calibrate", help="calibrate mu_bar on labelled data and save the steering artifact")
     add_model_args(c)
@@ -350,6 +336,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_warmstart_args(r)
     r.set_defaults(func=cmd_run)
 
+    _add_eval_parser(sub)
+
+    rp = sub.add_parser("report", help="tables and plots from one or more results.json")
+    rp.add_argument("results", nargs="+")
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--labels", default=None, help="comma-separated run labels")
+    rp.set_defaults(func=cmd_report)
+
+    d = sub.add_parser(
+        "demo", help="the main job: warm-start, calibrate, evaluate and report on the default model"
+    )
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--base", default="default")
+    d.add_argument("--n-train", type=int, default=128)
+    d.add_argument("--n-test", type=int, default=40, help="test items per commonsense dataset")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_generate_parser(sub) -> None:
+    g = sub.add_parser("generate", help="steered generation from prompts")
+    add_model_args(g)
+    add_steering_args(g)
+    g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    g.add_argument("--prompt-file", help="one prompt per line")
+    g.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    g.set_defaults(func=cmd_generate)
+
+
+def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate base / PEFT / PEFT+SVDecode / comparisons / ablations")
     add_model_args(e)
     e.add_argument(
@@ -392,23 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_eval)
-
-    rp = sub.add_parser("report", help="tables and plots from one or more results.json")
-    rp.add_argument("results", nargs="+")
-    rp.add_argument("--out", required=True)
-    rp.add_argument("--labels", default=None, help="comma-separated run labels")
-    rp.set_defaults(func=cmd_report)
-
-    d = sub.add_parser(
-        "demo", help="the main job: warm-start, calibrate, evaluate and report on the default model"
-    )
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--base", default="default")
-    d.add_argument("--n-train", type=int, default=128)
-    d.add_argument("--n-test", type=int, default=40, help="test items per commonsense dataset")
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=cmd_demo)
-    return parser
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:

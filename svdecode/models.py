@@ -128,7 +128,6 @@ DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # what the CLI offers
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
@@ -139,14 +138,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ValueError(
-                f"dtype {dtype} is not a floating-point type; use one of {', '.join(DTYPE_NAMES)}"
+                f"dtype {dtype} is not a floating-point type; use one of auto, {', '.join(sorted(set(DTYPES)))}"
             )
         return dtype
     name = str(dtype).lower().removeprefix("torch.")
     if name == "auto":
         return "auto"
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(set(DTYPES)))}")
     return DTYPES[name]
 
 

@@ -132,6 +132,9 @@ def test_bad_dtype_is_named(value, message):
 
 
 def test_dtype_aliases():
+    from svdecode.cli import DTYPE_NAMES
+
+    assert all(resolve_dtype(name) is not None for name in DTYPE_NAMES)
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("torch.float16") is torch.float16
     assert resolve_dtype(None) is torch.float32 and resolve_dtype("auto") == "auto"
 

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,79 +297,7 @@ def build_methods(
         )
 
     for name in expand_method_names(names):
-        if name == "base":
-            specs.append(MethodSpec("base", "base", description="pre-trained model (adapter off)"))
-        elif name == "peft":
-            specs.append(MethodSpec("peft", "adapted", description="warm-started PEFT model alone"))
-        elif name == "peft+svdecode":
-            specs.append(calibrated(name, "svdecode", alpha, description="SVDecode, calibrated mu_bar"))
-        elif name == "peft+logit_arith":
-            specs.append(
-                calibrated(
-                    name,
-                    "logit_arithmetic",
-                    alpha,
-                    description="z_phi + beta (log p_phi - log p_theta), same mask, calibrated beta",
-                )
-            )
-        elif name == "no_projection":
-            specs.append(
-                calibrated(
-                    name, "prob_space", alpha, description="ablation: step in probability space (eq. 9)"
-                )
-            )
-        elif name == "no_mask":
-            specs.append(
-                calibrated(name, "svdecode", 0.0, description="ablation: no confidence mask (alpha=0)")
-            )
-        elif name.startswith("alpha="):
-            a = float(name.split("=", 1)[1])
-            specs.append(
-                calibrated(name, "svdecode", a, description=f"alpha sweep: alpha={a:g}, recalibrated")
-            )
-        elif name.startswith("lam="):
-            value = lam_parse(name.split("=", 1)[1])
-            specs.append(
-                calibrated(
-                    name,
-                    "svdecode",
-                    alpha,
-                    lam=value,
-                    score_lam=value,
-                    description=f"lam ablation: masked tokens get {lam_json(value)} (generation and scoring)",
-                )
-            )
-        elif name.startswith("estimator="):
-            est = name.split("=", 1)[1]
-            if est not in ESTIMATOR_NAMES:
-                raise ValueError(f"unknown estimator in {name!r}; choose one of {ESTIMATOR_NAMES}")
-            specs.append(calibrated(name, "svdecode", alpha, est=est, description=f"mu_bar estimator: {est}"))
-        elif name.startswith("decoding="):
-            dname = name.split("=", 1)[1]
-            if dname not in DECODINGS:
-                raise ValueError(f"unknown decoding in {name!r}; choose one of {list(DECODINGS)}")
-            dec = dict(DECODINGS[dname])
-            if dec.get("do_sample"):
-                dec["seed"] = seed
-            specs.append(
-                MethodSpec(
-                    f"peft[{dname}]", "adapted", decoding=dec, description=f"PEFT alone, {dname} decoding"
-                )
-            )
-            specs.append(
-                calibrated(
-                    f"peft+svdecode[{dname}]",
-                    "svdecode",
-                    alpha,
-                    decoding=dict(dec),
-                    reference=f"peft[{dname}]",
-                    description=f"SVDecode, {dname} decoding",
-                )
-            )
-        elif name.lower() == "tad":
-            raise ValueError(NOT_IMPLEMENTED["TaD"])
-        else:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(known_method_names())}")
+        specs.extend(_specs_for(name, calibrated, alpha, seed))
     seen: set[str] = set()
     unique = []
     for spec in specs:
@@ -377,6 +305,77 @@ def build_methods(
             seen.add(spec.name)
             unique.append(spec)
     return MethodSet(unique, token_mu)
+
+
+def _specs_for(name: str, calibrated: Callable[..., MethodSpec], alpha: float, seed: int) -> list[MethodSpec]:
+    """The spec(s) one method name stands for (a decoding name gives a PEFT and an SVDecode row)."""
+    out: list[MethodSpec] = []
+    if name == "base":
+        out.append(MethodSpec("base", "base", description="pre-trained model (adapter off)"))
+    elif name == "peft":
+        out.append(MethodSpec("peft", "adapted", description="warm-started PEFT model alone"))
+    elif name == "peft+svdecode":
+        out.append(calibrated(name, "svdecode", alpha, description="SVDecode, calibrated mu_bar"))
+    elif name == "peft+logit_arith":
+        out.append(
+            calibrated(
+                name,
+                "logit_arithmetic",
+                alpha,
+                description="z_phi + beta (log p_phi - log p_theta), same mask, calibrated beta",
+            )
+        )
+    elif name == "no_projection":
+        out.append(
+            calibrated(name, "prob_space", alpha, description="ablation: step in probability space (eq. 9)")
+        )
+    elif name == "no_mask":
+        out.append(calibrated(name, "svdecode", 0.0, description="ablation: no confidence mask (alpha=0)"))
+    elif name.startswith("alpha="):
+        a = float(name.split("=", 1)[1])
+        out.append(calibrated(name, "svdecode", a, description=f"alpha sweep: alpha={a:g}, recalibrated"))
+    elif name.startswith("lam="):
+        value = lam_parse(name.split("=", 1)[1])
+        out.append(
+            calibrated(
+                name,
+                "svdecode",
+                alpha,
+                lam=value,
+                score_lam=value,
+                description=f"lam ablation: masked tokens get {lam_json(value)} (generation and scoring)",
+            )
+        )
+    elif name.startswith("estimator="):
+        est = name.split("=", 1)[1]
+        if est not in ESTIMATOR_NAMES:
+            raise ValueError(f"unknown estimator in {name!r}; choose one of {ESTIMATOR_NAMES}")
+        out.append(calibrated(name, "svdecode", alpha, est=est, description=f"mu_bar estimator: {est}"))
+    elif name.startswith("decoding="):
+        dname = name.split("=", 1)[1]
+        if dname not in DECODINGS:
+            raise ValueError(f"unknown decoding in {name!r}; choose one of {list(DECODINGS)}")
+        dec = dict(DECODINGS[dname])
+        if dec.get("do_sample"):
+            dec["seed"] = seed
+        out.append(
+            MethodSpec(f"peft[{dname}]", "adapted", decoding=dec, description=f"PEFT alone, {dname} decoding")
+        )
+        out.append(
+            calibrated(
+                f"peft+svdecode[{dname}]",
+                "svdecode",
+                alpha,
+                decoding=dict(dec),
+                reference=f"peft[{dname}]",
+                description=f"SVDecode, {dname} decoding",
+            )
+        )
+    elif name.lower() == "tad":
+        raise ValueError(NOT_IMPLEMENTED["TaD"])
+    else:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(known_method_names())}")
+    return out
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ import numpy as np
 from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.compare import paired_comparisons
 from svdecode.eval.judges import Judge
-from svdecode.eval.methods import NOT_IMPLEMENTED, STANDARD_METHODS, MethodSet, build_methods, lam_json
+from svdecode.eval.methods import (
+    NOT_IMPLEMENTED,
+    STANDARD_METHODS,
+    MethodSet,
+    MethodSpec,
+    build_methods,
+    lam_json,
+)
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc
@@ -120,38 +128,33 @@ def run_eval(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = out / "cache"
     for t in tasks:
         if t not in TASKS:
             raise ValueError(f"unknown task {t!r}; choose from {TASKS}")
+    run = _RunSettings(
+        out / "cache", batch_size, max_new_tokens, mc_prompt_style, max_length, n_boot, seed, progress
+    )
+    config = {
+        "tasks": list(tasks),
+        "method_names": list(method_names),
+        "seed": seed,
+        "limit": limit,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "reference": reference,
+        "score_lam": lam_json(score_lam),
+        "alpha": float(model.steering.alpha if alpha is None else alpha),
+        "estimator": estimator,
+        "mc_prompt_style": mc_prompt_style,
+        "max_length": max_length,
+        "n_boot": n_boot,
+        "model": _model_record(model),
+        "run_info": dict(run_info or {}),
+    }
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {
-            "tasks": list(tasks),
-            "method_names": list(method_names),
-            "seed": seed,
-            "limit": limit,
-            "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens,
-            "reference": reference,
-            "score_lam": lam_json(score_lam),
-            "alpha": float(model.steering.alpha if alpha is None else alpha),
-            "estimator": estimator,
-            "mc_prompt_style": mc_prompt_style,
-            "max_length": max_length,
-            "n_boot": n_boot,
-            "model": {
-                "base_model": model.steering.base_model,
-                "adapted_model": model.steering.adapted_model,
-                "adapter_type": model.steering.adapter_type,
-                "streams": getattr(model.streams, "kind", ""),
-                "fingerprint": model_fingerprint(model),
-                "dtype": str(model.dtype),
-                "device": str(model.device),
-            },
-            "run_info": dict(run_info or {}),
-        },
+        "config": config,
         "versions": library_versions(),
         "not_implemented": dict(NOT_IMPLEMENTED),
         "tasks": {},
@@ -165,13 +168,7 @@ def run_eval(
             mset = methods[task]
         else:
             task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
-            if task_calib is not None:
-                test_ids = {it.id for it in items}
-                overlap = [getattr(c, "id", None) for c in task_calib if getattr(c, "id", None) in test_ids]
-                if overlap:
-                    raise ValueError(
-                        f"{task}: {len(overlap)} calibration example(s) are also test items, e.g. {overlap[:3]}"
-                    )
+            _check_disjoint(task, task_calib, items)
             mset = build_methods(
                 model,
                 task_calib,
@@ -183,69 +180,99 @@ def run_eval(
                 batch_size=batch_size,
                 max_length=max_length,
                 progress=progress,
-                cache_dir=cache_dir / "calibration",
+                cache_dir=run.cache_dir / "calibration",
             )
-        specs = list(mset)
-        if task == "truthfulqa_mc":
-            res = evaluate_mc(
-                model,
-                items,
-                specs,
-                batch_size=batch_size,
-                prompt_style=mc_prompt_style,
-                max_length=max_length,
-                cache_dir=cache_dir,
-                progress=progress,
-                n_boot=n_boot,
-                seed=seed,
-            )
-        elif task == "commonsense":
-            res = evaluate_commonsense(
-                model,
-                items,
-                specs,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens or 32,
-                cache_dir=cache_dir,
-                progress=progress,
-                seed=seed,
-            )
-        else:
-            res = evaluate_truthfulqa_gen(
-                model,
-                items,
-                specs,
-                judge,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens or 50,
-                cache_dir=cache_dir,
-                progress=progress,
-                seed=seed,
-            )
-        # calibration mu*_t arrays beside the results, for the report's histograms
-        method_json = {}
-        for spec in specs:
-            sj = spec.to_json()
-            key = spec.calibration.get("key")
-            if key is not None and key in mset.token_mu and len(mset.token_mu[key]):
-                rel = Path("token_mu") / task / f"{slug(key)}.npy"
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                np.save(out / rel, mset.token_mu[key])
-                sj["token_mu_file"] = str(rel)
-            method_json[spec.name] = sj
-        present = [n for n in res["items"]]
-        pair_list = [(m, reference) for m in present if m != reference and reference in present]
-        pair_list += [
-            (s.name, s.reference)
-            for s in specs
-            if s.reference and s.reference in present and s.name in present and s.reference != reference
-        ]
-        res["methods"] = method_json
-        res["paired"] = paired_comparisons(task, res["items"], pair_list, n_boot=n_boot, seed=seed)
+        res = _evaluate_task(task, model, items, list(mset), judge, run)
+        res["methods"] = _method_records(task, mset, out)
+        res["paired"] = paired_comparisons(
+            task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed
+        )
         res["n_items"] = len(items)
         results["tasks"][task] = res
     write_results(results, out)
     return results
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """The run-wide options every task evaluation takes."""
+
+    cache_dir: Path
+    batch_size: int
+    max_new_tokens: int | None
+    mc_prompt_style: str
+    max_length: int | None
+    n_boot: int
+    seed: int
+    progress: bool
+
+
+def _model_record(model) -> dict[str, Any]:
+    return {
+        "base_model": model.steering.base_model,
+        "adapted_model": model.steering.adapted_model,
+        "adapter_type": model.steering.adapter_type,
+        "streams": getattr(model.streams, "kind", ""),
+        "fingerprint": model_fingerprint(model),
+        "dtype": str(model.dtype),
+        "device": str(model.device),
+    }
+
+
+def _check_disjoint(task: str, calib: Sequence[Any] | None, items: Sequence[Any]) -> None:
+    """Calibration pairs must never be test items."""
+    if calib is None:
+        return
+    test_ids = {it.id for it in items}
+    overlap = [getattr(c, "id", None) for c in calib if getattr(c, "id", None) in test_ids]
+    if overlap:
+        raise ValueError(
+            f"{task}: {len(overlap)} calibration example(s) are also test items, e.g. {overlap[:3]}"
+        )
+
+
+def _evaluate_task(
+    task: str, model, items: Sequence[Any], specs: list[MethodSpec], judge: Judge | None, run: _RunSettings
+) -> dict[str, Any]:
+    common = dict(batch_size=run.batch_size, cache_dir=run.cache_dir, progress=run.progress, seed=run.seed)
+    if task == "truthfulqa_mc":
+        return evaluate_mc(
+            model, items, specs, prompt_style=run.mc_prompt_style, max_length=run.max_length, n_boot=run.n_boot,
+            **common,
+        )  # fmt: skip
+    if task == "commonsense":
+        return evaluate_commonsense(model, items, specs, max_new_tokens=run.max_new_tokens or 32, **common)
+    return evaluate_truthfulqa_gen(
+        model, items, specs, judge, max_new_tokens=run.max_new_tokens or 50, **common
+    )
+
+
+def _method_records(task: str, mset: MethodSet, out: Path) -> dict[str, Any]:
+    """Each method's spec as JSON; calibration mu*_t arrays are saved beside the results for the
+    report's histograms."""
+    records = {}
+    for spec in mset:
+        sj = spec.to_json()
+        key = spec.calibration.get("key")
+        if key is not None and key in mset.token_mu and len(mset.token_mu[key]):
+            rel = Path("token_mu") / task / f"{slug(key)}.npy"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(out / rel, mset.token_mu[key])
+            sj["token_mu_file"] = str(rel)
+        records[spec.name] = sj
+    return records
+
+
+def _comparison_pairs(res: Mapping[str, Any], mset: MethodSet, reference: str) -> list[tuple[str, str]]:
+    """Every method against ``reference``, plus each spec's own reference (e.g. its decoding's PEFT)."""
+    present = list(res["items"])
+    pairs = [(m, reference) for m in present if m != reference and reference in present]
+    pairs += [
+        (s.name, s.reference)
+        for s in mset
+        if s.reference and s.reference in present and s.name in present and s.reference != reference
+    ]
+    return pairs
 
 
 def write_results(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

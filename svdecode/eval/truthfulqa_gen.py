@@ -101,6 +101,43 @@ def evaluate_truthfulqa_gen(
                     rec = {"id": ex.id, "output": text, "answer": clean_tqa_answer(text)}
                     for m in group:
                         gen_caches[m.name].add(rec)
+    _judge_missing(examples, methods, gen_caches, judge_caches, judge, batch_size, progress)
+    items_out: dict[str, list[dict[str, Any]]] = {}
+    agg: dict[str, Any] = {}
+    for m in methods:
+        recs = []
+        for ex in examples:
+            g, j = gen_caches[m.name].get(ex.id), judge_caches[m.name].get(ex.id)
+            recs.append({**g, **{k: v for k, v in j.items() if k != "id"}})
+        items_out[m.name] = recs
+        agg[m.name] = tqa_gen_metrics(recs, judge)
+    return {
+        "config": {
+            "prompt_template": tqa_gen_prompt("{question}"),
+            "max_new_tokens": max_new_tokens,
+            "stop": list(TQA_STOP),
+            "judge": {"name": judge.name, "kind": judge.kind, "questions": [TRUTH_QUESTION, INFO_QUESTION]},
+        },
+        "judge": {"name": judge.name, "kind": judge.kind},
+        "items": items_out,
+        "metrics": agg,
+        "cache": {
+            m.name: {"cached": cached_counts[m.name], "computed": len(examples) - cached_counts[m.name]}
+            for m in methods
+        },
+    }
+
+
+def _judge_missing(
+    examples: Sequence[Any],
+    methods: Sequence[MethodSpec],
+    gen_caches: Mapping[str, ItemCache],
+    judge_caches: Mapping[str, ItemCache],
+    judge: Judge,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Judge every generation that has no cached verdict yet, batch by batch (cached as it goes)."""
     for m in methods:
         todo = [ex for ex in examples if ex.id not in judge_caches[m.name]]
         if not todo:
@@ -133,30 +170,6 @@ def evaluate_truthfulqa_gen(
                 )
             bar.update(len(chunk))
         bar.close()
-    items_out: dict[str, list[dict[str, Any]]] = {}
-    agg: dict[str, Any] = {}
-    for m in methods:
-        recs = []
-        for ex in examples:
-            g, j = gen_caches[m.name].get(ex.id), judge_caches[m.name].get(ex.id)
-            recs.append({**g, **{k: v for k, v in j.items() if k != "id"}})
-        items_out[m.name] = recs
-        agg[m.name] = tqa_gen_metrics(recs, judge)
-    return {
-        "config": {
-            "prompt_template": tqa_gen_prompt("{question}"),
-            "max_new_tokens": max_new_tokens,
-            "stop": list(TQA_STOP),
-            "judge": {"name": judge.name, "kind": judge.kind, "questions": [TRUTH_QUESTION, INFO_QUESTION]},
-        },
-        "judge": {"name": judge.name, "kind": judge.kind},
-        "items": items_out,
-        "metrics": agg,
-        "cache": {
-            m.name: {"cached": cached_counts[m.name], "computed": len(examples) - cached_counts[m.name]}
-            for m in methods
-        },
-    }
 
 
 def tqa_gen_metrics(records: Sequence[Mapping[str, Any]], judge: Judge | Mapping[str, Any]) -> dict[str, Any]:

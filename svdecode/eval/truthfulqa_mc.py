@@ -88,7 +88,6 @@ def evaluate_mc(
     ``batch_size`` at a time; each batch runs the model once and every method's ``combine`` on it.
     Methods with a non-greedy ``decoding`` are skipped (decoding does not apply to scoring).
     """
-    tok = model.tokenizer
     scoring = [m for m in methods if not m.decoding or m.decoding_name == "greedy"]
     skipped = {m.name: "decoding variants do not apply to scoring" for m in methods if m not in scoring}
     fp_common = {
@@ -105,6 +104,53 @@ def evaluate_mc(
         for m in scoring
     }
     cached_counts = {m.name: sum(1 for it in items if it.id in caches[m.name]) for m in scoring}
+    n_passes = _score_missing(model, items, scoring, caches, prompt_style, max_length, batch_size, progress)
+    items_out = {m.name: [caches[m.name].get(it.id) for it in items] for m in scoring}
+    agg = {}
+    for m in scoring:
+        per_q = [{k: as_float(r[k]) for k in ("MC1", "MC2", "MC3")} for r in items_out[m.name]]
+        res = metrics.aggregate_mc(per_q, n_boot=n_boot, seed=seed) if per_q else {"n": 0}
+        res["lam"] = lam_json(m.score_lam) if m.steered else "n/a"
+        res["paper_variants"] = {
+            p: res[o]["mean"] for p, o in metrics.PAPER_VARIANTS.items() if isinstance(res.get(o), dict)
+        }
+        agg[m.name] = res
+    return {
+        "config": {
+            "prompt_style": prompt_style,
+            "prompt_template": mc_prompt("{question}", prompt_style),
+            "answer_template": " {choice}",
+            "score": "sum of steered answer-token log-probs (teacher forcing)",
+            "metric_names": "original TruthfulQA: MC1 single-true top-1, MC2 normalised true mass, "
+            "MC3 fraction of true answers above every false one; paper_MC2/paper_MC3 swap MC2/MC3",
+            "batch_size": batch_size,
+            "max_length": max_length,
+        },
+        "items": items_out,
+        "metrics": agg,
+        "skipped_methods": skipped,
+        "cache": {
+            m.name: {"cached": cached_counts[m.name], "computed": len(items) - cached_counts[m.name]}
+            for m in scoring
+        },
+        "model_passes": n_passes,
+    }
+
+
+def _score_missing(
+    model,
+    items: Sequence[Any],
+    scoring: Sequence[MethodSpec],
+    caches: Mapping[str, ItemCache],
+    prompt_style: str,
+    max_length: int | None,
+    batch_size: int,
+    progress: bool,
+) -> int:
+    """Score every (question, choice) pair a method still lacks: one stream pass per batch, every
+    method's combine on it; a question's record is cached once all its choices are scored.
+    Returns the number of model passes."""
+    tok = model.tokenizer
     todo = [it for it in items if any(it.id not in caches[m.name] for m in scoring)]
     pairs: list[tuple[int, str]] = []
     for qi, it in enumerate(todo):
@@ -146,33 +192,4 @@ def evaluate_mc(
                 partial[qi] = {}
                 bar.update(1)
     bar.close()
-    items_out = {m.name: [caches[m.name].get(it.id) for it in items] for m in scoring}
-    agg = {}
-    for m in scoring:
-        per_q = [{k: as_float(r[k]) for k in ("MC1", "MC2", "MC3")} for r in items_out[m.name]]
-        res = metrics.aggregate_mc(per_q, n_boot=n_boot, seed=seed) if per_q else {"n": 0}
-        res["lam"] = lam_json(m.score_lam) if m.steered else "n/a"
-        res["paper_variants"] = {
-            p: res[o]["mean"] for p, o in metrics.PAPER_VARIANTS.items() if isinstance(res.get(o), dict)
-        }
-        agg[m.name] = res
-    return {
-        "config": {
-            "prompt_style": prompt_style,
-            "prompt_template": mc_prompt("{question}", prompt_style),
-            "answer_template": " {choice}",
-            "score": "sum of steered answer-token log-probs (teacher forcing)",
-            "metric_names": "original TruthfulQA: MC1 single-true top-1, MC2 normalised true mass, "
-            "MC3 fraction of true answers above every false one; paper_MC2/paper_MC3 swap MC2/MC3",
-            "batch_size": batch_size,
-            "max_length": max_length,
-        },
-        "items": items_out,
-        "metrics": agg,
-        "skipped_methods": skipped,
-        "cache": {
-            m.name: {"cached": cached_counts[m.name], "computed": len(items) - cached_counts[m.name]}
-            for m in scoring
-        },
-        "model_passes": n_passes,
-    }
+    return n_passes

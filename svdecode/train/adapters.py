@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from svdecode.models import vocab_size
 from svdecode.train.checkpoints import INFO_NAME, partial_dir, read_info
 from svdecode.train.config import (
     AdapterMismatchError,
@@ -44,6 +43,8 @@ def load_adapter(
     """
     import torch
     from peft import PeftModel
+
+    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
 
     out = Path(out_dir)
     if not out.is_dir():

@@ -82,6 +82,14 @@ def add_warmstart_args(parser: argparse.ArgumentParser, run_flags: bool = True) 
         default=None,
         help="do not append EOS",
     )
+    _add_method_flags(g.add_argument)
+    if run_flags:
+        a("--resume", action="store_true", help="continue an interrupted warm-start from its last checkpoint")
+        a("--overwrite", action="store_true", help="replace a finished warm-start in the output directory")
+
+
+def _add_method_flags(a) -> None:
+    """The per-method options (LoRA, IA3, prompt learning); ``a`` is a group's ``add_argument``."""
     a("--lora-r", dest="ws_lora_r", type=int, default=None, help="LoRA rank (8)")
     a("--lora-alpha", dest="ws_lora_alpha", type=float, default=None, help="LoRA alpha (16)")
     a("--lora-dropout", dest="ws_lora_dropout", type=float, default=None, help="LoRA dropout (0.1)")
@@ -129,9 +137,6 @@ def add_warmstart_args(parser: argparse.ArgumentParser, run_flags: bool = True) 
     a("--prefix-hidden", dest="ws_prefix_hidden", type=int, default=None)
     a("--prefix-init", dest="ws_prefix_init", choices=PROMPT_INITS, default=None, help="prefix tuning init")
     a("--prefix-init-text", dest="ws_prefix_init_text", default=None)
-    if run_flags:
-        a("--resume", action="store_true", help="continue an interrupted warm-start from its last checkpoint")
-        a("--overwrite", action="store_true", help="replace a finished warm-start in the output directory")
 
 
 def warmstart_config_from_args(ns: argparse.Namespace) -> WarmstartConfig:

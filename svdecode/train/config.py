@@ -46,7 +46,7 @@ class WarmstartConfig:
     """Warm-start settings; the defaults are the paper's (Table 7).
 
     Method-specific options carry the methods they apply to (``option_scope``); a non-default
-    value for an option of another method is refused by :meth:`validate`.
+    value for an option of another method is refused by :func:`validate`.
 
     Length of training: ``epochs`` (default 1), or ``max_steps`` optimizer steps, or ``fraction``
     of the planned ``epochs`` (e.g. 1/16 of an epoch for a warm-start-length study); ``max_steps``
@@ -169,11 +169,22 @@ def validate(cfg: WarmstartConfig) -> None:
                 f"{' / '.join(scope)}, but the method is {cfg.method}; drop it, or choose "
                 f"--peft {scope[0]}"
             )
+    _check_training_options(cfg)
+    _check_method_options(cfg)
+
+
+def _requirement(cfg: WarmstartConfig):
+    """``need(cond, name, what)``: raise a :class:`WarmstartError` naming option, flag and rule."""
 
     def need(cond: bool, name: str, what: str) -> None:
         if not cond:
             raise WarmstartError(f"{name}={getattr(cfg, name)!r} ({option_flag(name)}): must be {what}")
 
+    return need
+
+
+def _check_training_options(cfg: WarmstartConfig) -> None:
+    need = _requirement(cfg)
     need(_num(cfg.lr) and cfg.lr > 0, "lr", "a positive number")
     need(_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", "an integer >= 1")
     need(_int(cfg.grad_accum) and cfg.grad_accum >= 1, "grad_accum", "an integer >= 1")
@@ -199,6 +210,10 @@ def validate(cfg: WarmstartConfig) -> None:
     need(_int(cfg.save_total_limit) and cfg.save_total_limit >= 1, "save_total_limit", "an integer >= 1")
     need(cfg.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
     need(isinstance(cfg.add_eos, bool), "add_eos", "true or false")
+
+
+def _check_method_options(cfg: WarmstartConfig) -> None:
+    need = _requirement(cfg)
     if cfg.method == "lora":
         need(_int(cfg.lora_r) and cfg.lora_r >= 1, "lora_r", "an integer >= 1")
         need(_num(cfg.lora_alpha) and cfg.lora_alpha > 0, "lora_alpha", "a positive number")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdecode.models import vocab_size
 from svdecode.train.config import AdapterMismatchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,6 +16,8 @@ def base_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     """Architecture numbers plus the L1 norms of 16 input-embedding rows: equal for the same
     weights whatever the path or dtype they were loaded with, different for another model."""
     import torch
+
+    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
 
     mc = model.config
     emb = model.get_input_embeddings().weight

@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from svdecode.models import vocab_size
 from svdecode.train.config import (
     WarmstartConfig,
     WarmstartError,
@@ -62,6 +61,8 @@ def check_model(
 ) -> None:
     """Check that the config fits this model (and tokenizer); raise :class:`WarmstartError`."""
     from peft import PeftModel
+
+    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
 
     validate(cfg)
     if isinstance(model, PeftModel):
@@ -184,6 +185,7 @@ def init_prefix(peft_model: PeftModel, cfg: WarmstartConfig, tokenizer: PreTrain
     the prefixed model then equals the base model with those tokens prepended."""
     import torch
 
+    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
     from svdecode.streams import output_cache
 
     n = cfg.num_virtual_tokens

@@ -41,12 +41,13 @@ from svdecode.train.config import (
     WarmstartError,
     validate,
 )
-from svdecode.train.examples import LazyExamples, PadCollator, pad_id, scan_examples
+from svdecode.train.examples import LazyExamples, LengthScan, PadCollator, pad_id, scan_examples
 from svdecode.train.fingerprint import base_fingerprint, model_name
 from svdecode.train.peft_setup import check_model, init_prefix, peft_config, precision_of
 from svdecode.versions import dependency_versions
 
 if TYPE_CHECKING:  # pragma: no cover
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
     from svdecode.data import Example
@@ -197,20 +198,55 @@ def warmstart(
     check_out_dir(out, overwrite)
     part = partial_dir(out)
 
+    model, tokenizer, base_name = _base_model(model, tokenizer, base)
+    check_model(cfg, model, tokenizer)
+    scan = _scan_or_refuse(examples, tokenizer, cfg, model)
+    fingerprint = base_fingerprint(model)
+    request = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "base": base_name,
+        "base_fingerprint": fingerprint,
+        "tokenizer_size": len(tokenizer),
+        "num_examples": len(examples),
+        "data_sha256": data_fingerprint(examples),
+    }
+
+    resume_ckpt = _resume_point(part, resume, request, model)
+    args = _training_args(cfg, part, len(scan.kept), progress)
+
+    # ---- from here on the run writes to disk ----
+    if part.exists() and resume_ckpt is None:
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    log_path = part / LOG_NAME
+    if resume_ckpt is None:
+        write_json(part / REQUEST_NAME, request)
+        log_path.write_text("")
+    else:
+        trim_log(log_path, checkpoint_step(resume_ckpt))
+
+    return _train(
+        examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+        progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
+    )  # fmt: skip
+
+
+def _base_model(model, tokenizer, base: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """The base model and tokenizer to train (loaded by name unless given) and the name to record."""
     if model is None:
         from svdecode.models import load_base
 
         model, loaded_tok = load_base(base or "default")
-        tokenizer = tokenizer or loaded_tok
-        base_name = base or "default"
-    else:
-        base_name = base or model_name(model)
-        if tokenizer is None:
-            raise WarmstartError("a model was given without its tokenizer; pass tokenizer= as well")
-    if tokenizer is None:  # pragma: no cover - load_base always returns one
-        raise WarmstartError("no tokenizer")
-    check_model(cfg, model, tokenizer)
+        return model, tokenizer or loaded_tok, base or "default"
+    if tokenizer is None:
+        raise WarmstartError("a model was given without its tokenizer; pass tokenizer= as well")
+    return model, tokenizer, base or model_name(model)
 
+
+def _scan_or_refuse(examples: Sequence[Example], tokenizer, cfg: WarmstartConfig, model) -> LengthScan:
+    """Token lengths of every example; refuse a set with no answer token to learn from, warn about
+    examples left out or cut, and about sequences longer than the model's positions."""
     scan = scan_examples(examples, tokenizer, cfg)
     if not scan.kept:
         parts = []
@@ -252,17 +288,11 @@ def warmstart(
             max_pos,
         )
 
-    fingerprint = base_fingerprint(model)
-    request = {
-        "format_version": FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "base": base_name,
-        "base_fingerprint": fingerprint,
-        "tokenizer_size": len(tokenizer),
-        "num_examples": len(examples),
-        "data_sha256": data_fingerprint(examples),
-    }
+    return scan
 
+
+def _resume_point(part: Path, resume: bool, request: dict[str, Any], model) -> Path | None:
+    """The checkpoint to continue from (``resume=True`` and a compatible interrupted run), else None."""
     resume_ckpt: Path | None = None
     if part.exists():
         if resume and (part / REQUEST_NAME).is_file():
@@ -275,23 +305,7 @@ def warmstart(
     elif resume:
         log.info("warm-start: nothing to resume in %s; starting from step 0", part)
 
-    args = _training_args(cfg, part, len(scan.kept), progress)
-
-    # ---- from here on the run writes to disk ----
-    if part.exists() and resume_ckpt is None:
-        shutil.rmtree(part)
-    part.mkdir(parents=True, exist_ok=True)
-    log_path = part / LOG_NAME
-    if resume_ckpt is None:
-        write_json(part / REQUEST_NAME, request)
-        log_path.write_text("")
-    else:
-        trim_log(log_path, checkpoint_step(resume_ckpt))
-
-    return _train(
-        examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-        progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
-    )  # fmt: skip
+    return resume_ckpt
 
 
 def _training_args(cfg: WarmstartConfig, part: Path, num_examples: int, progress: bool):
@@ -335,35 +349,41 @@ def _training_args(cfg: WarmstartConfig, part: Path, num_examples: int, progress
         raise WarmstartError(f"the training options are not accepted by transformers: {err}") from err
 
 
-def _train(
-    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-    *, progress, callbacks, keep_checkpoints,
-) -> WarmstartResult:  # fmt: skip
+def _wrap_model(model, tokenizer, cfg: WarmstartConfig, part: Path, out: Path) -> PeftModel:
+    """The base model wrapped with the method's freshly initialised adapter (seeded)."""
     from peft import get_peft_model
     from transformers import set_seed
-    from transformers.trainer_callback import PrinterCallback
 
-    started = time.time()
-    WarmstartTrainer, LossLog = _trainer_classes()
     pcfg = peft_config(cfg)
-    if cfg.method == "prompt_tuning" and cfg.prompt_init == "text":
+    text_init = cfg.method == "prompt_tuning" and cfg.prompt_init == "text"
+    if text_init:
         tokenizer.save_pretrained(part)  # peft loads the init tokenizer by path
         pcfg.tokenizer_name_or_path = str(part)
     set_seed(cfg.seed)
     peft_model = get_peft_model(model, pcfg)
-    pc = peft_model.peft_config["default"]
     if cfg.method == "prefix_tuning" and cfg.prefix_init != "random":
         init_prefix(peft_model, cfg, tokenizer)
-    if cfg.method == "prompt_tuning" and cfg.prompt_init == "text":
-        pc.tokenizer_name_or_path = str(out)  # the finished folder holds the tokenizer
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    if text_init:
+        peft_model.peft_config["default"].tokenizer_name_or_path = str(out)  # the finished folder holds it
+    return peft_model
 
-    dataset = LazyExamples(examples, tokenizer, cfg.max_length, cfg.add_eos, scan.kept)
+
+def _train(
+    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+    *, progress, callbacks, keep_checkpoints,
+) -> WarmstartResult:  # fmt: skip
+    from transformers.trainer_callback import PrinterCallback
+
+    started = time.time()
+    peft_model = _wrap_model(model, tokenizer, cfg, part, out)
+    pc = peft_model.peft_config["default"]
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    WarmstartTrainer, LossLog = _trainer_classes()
     loss_log = LossLog(part / LOG_NAME)
     trainer = WarmstartTrainer(
         model=peft_model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=LazyExamples(examples, tokenizer, cfg.max_length, cfg.add_eos, scan.kept),
         data_collator=PadCollator(pad_id(tokenizer)),
         callbacks=[loss_log, *callbacks],
     )
