@@ -1,4 +1,4 @@
-"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo."""
+"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo, serve."""
 
 from __future__ import annotations
 
@@ -408,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-test", type=int, default=40, help="test items per commonsense dataset")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    from svdecode.integrations.server.cli import add_serve_args, run_serve
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server: steered, adapter and base models")
+    add_serve_args(sv)
+    sv.set_defaults(func=run_serve)
     return parser
 
 
