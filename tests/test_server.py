@@ -244,6 +244,17 @@ def test_chat_and_streaming_reassemble_to_the_non_streamed_text(client):
     assert parts == {c.index: c.text for c in done.choices} and len(parts) == 4
 
 
+def test_default_max_tokens_shrinks_to_the_room_left_in_the_context(client, model):
+    prompt = LONG[:400]  # ~200 tokens of the tiny model's 256
+    messages = [{"role": "user", "content": prompt}]
+    text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    n_prompt = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert 256 - n_prompt < SETTINGS["max_tokens"]  # the server's own default would not fit
+    r = client.chat.completions.create(model="svdecode:base", messages=messages, temperature=0)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_prompt, 256 - n_prompt)
+    assert r.choices[0].finish_reason == "length"
+
+
 def test_stop_strings_cut_the_text_streamed_or_not(client):
     def complete(**kw):
         return client.completions.create(

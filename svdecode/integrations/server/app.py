@@ -145,7 +145,7 @@ class OpenAIServer:
             )
         return asked
 
-    def _encode(self, texts: list[str], max_tokens: int, special: bool, param: str) -> list[list[int]]:
+    def _encode(self, texts: list[str], special: bool, param: str) -> list[list[int]]:
         ids = [self.tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
         prompt_limit = self.settings.max_prompt_tokens or self.context
         for i, row in enumerate(ids):
@@ -159,15 +159,24 @@ class OpenAIServer:
                     param,
                     "context_length_exceeded",
                 )
-            if self.context is not None and len(row) + max_tokens > self.context:
-                raise APIError(
-                    400,
-                    f"this model's context is {self.context} tokens, but {where} has {len(row)} and max_tokens asks "
-                    f"for {max_tokens} more",
-                    param,
-                    "context_length_exceeded",
-                )
         return ids
+
+    def _fit(self, ids: list[list[int]], max_tokens: int, asked: bool, param: str) -> int:
+        """``max_tokens`` if every prompt leaves room for it in the context; a default (not
+        asked for) shrinks to the room left, an explicit value over it is an error."""
+        longest = max(len(row) for row in ids)
+        room = self.context - longest if self.context is not None else max_tokens
+        if not asked and room >= 1:
+            return min(max_tokens, room)
+        if max_tokens > room:
+            raise APIError(
+                400,
+                f"this model's context is {self.context} tokens, but the {param} has {longest} and max_tokens "
+                f"asks for {max_tokens} more",
+                param,
+                "context_length_exceeded",
+            )
+        return max_tokens
 
     def _chat_prompt(self, body: ChatCompletionRequest) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -196,7 +205,9 @@ class OpenAIServer:
                 f"--max-batch of {self.settings.max_batch}",
                 "n",
             )
-        ids = self._encode(texts, max_tokens, special=not chat, param="messages" if chat else "prompt")
+        param = "messages" if chat else "prompt"
+        ids = self._encode(texts, special=not chat, param=param)
+        max_tokens = self._fit(ids, max_tokens, body.requested_max_tokens() is not None, param)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
         def sink(event: tuple) -> None:
