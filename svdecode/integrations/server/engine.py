@@ -95,6 +95,12 @@ def row_steering(rows: Sequence[RowSteering]) -> Iterator[None]:
         _ACTIVE.rows = None
 
 
+def tokenizer_of(model: SteeredModel) -> Any:
+    if model.tokenizer is None:
+        raise ValueError("serving needs a SteeredModel with a tokenizer (pass tokenizer= when building it)")
+    return model.tokenizer
+
+
 class RowSteeredModel(SteeredModel):
     """A :class:`SteeredModel` whose combine step takes per-row settings inside
     :func:`row_steering`, and the model's own ``steering`` outside it."""
@@ -282,7 +288,7 @@ class Engine:
 
     def __init__(self, model: RowSteeredModel):
         self.model = model
-        self.tokenizer = model._require_tokenizer()
+        self.tokenizer = tokenizer_of(model)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
