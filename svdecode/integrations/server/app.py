@@ -92,15 +92,14 @@ class OpenAIServer:
         ]
         return {"object": "list", "data": data}
 
-    async def health(self) -> JSONResponse:
-        closing = self.batcher.closing
-        body = {
-            "status": "shutting_down" if closing else "ok",
+    async def health(self) -> dict[str, Any]:
+        """Liveness for load balancers (no key needed), with the queue and the batch counters."""
+        return {
+            "status": "ok",
             "queued": self.batcher.queued(),
             "running": len(self.batcher.running),
             "stats": dict(self.batcher.stats),
         }
-        return JSONResponse(body, status_code=503 if closing else 200)
 
     # -- validation ----------------------------------------------------------------------------
     def _steering(self, body: CompletionRequest | ChatCompletionRequest) -> RowSteering:

@@ -62,10 +62,6 @@ class Batcher:
             ) from None
         self.stats["requests"] += 1
 
-    @property
-    def closing(self) -> bool:
-        return self._closing
-
     def queued(self) -> int:
         return (self._queue.qsize() if self._queue is not None else 0) + (self._carry is not None)
 
