@@ -1,4 +1,4 @@
-"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo."""
+"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo, serve."""
 
 from __future__ import annotations
 
@@ -41,11 +41,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_placement_args(src)
 
 
-# The weights' dtypes the CLI offers (svdecode.models.resolve_dtype also takes their aliases).
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
-
-
 def add_placement_args(group) -> None:
+    from svdecode.models import DTYPE_NAMES
+
     group.add_argument(
         "--dtype",
         default="float32",
@@ -353,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-test", type=int, default=40, help="test items per commonsense dataset")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+    from svdecode.integrations.server.cli import add_serve_args, run_serve
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server: steered, adapter and base models")
+    add_serve_args(sv)
+    sv.set_defaults(func=run_serve)
     return parser
 
 

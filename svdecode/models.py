@@ -11,10 +11,12 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded: the CLI parser stays light
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("svdecode")
 
@@ -69,6 +71,8 @@ def default_model_path() -> Path:
     if (target / "model.safetensors").is_file() and (target / "svdecode_source.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
         gguf = _find_default_gguf(Path(tmp))
         model = AutoModelForCausalLM.from_pretrained(
@@ -108,6 +112,8 @@ def _load_error(what: str, name: str, err: Exception) -> ModelLoadError:
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer ready for batched decoding: left padding, a pad token (eos if none)."""
+    from transformers import AutoTokenizer
+
     path = resolve_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -119,6 +125,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # what the CLI offers (aliases below)
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -138,14 +145,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ValueError(
-                f"dtype {dtype} is not a floating-point type; use one of auto, {', '.join(sorted(set(DTYPES)))}"
+                f"dtype {dtype} is not a floating-point type; use one of {', '.join(DTYPE_NAMES)}"
             )
         return dtype
     name = str(dtype).lower().removeprefix("torch.")
     if name == "auto":
         return "auto"
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(set(DTYPES)))}")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
     return DTYPES[name]
 
 
@@ -209,6 +216,8 @@ def load_base(
     dev = resolve_device(device)
     if dev is not None and isinstance(torch_dtype, torch.dtype):
         check_dtype_on_device(torch_dtype, dev)
+    from transformers import AutoModelForCausalLM
+
     path = resolve_model_path(name_or_path)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device_map is not None:

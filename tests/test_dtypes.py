@@ -132,7 +132,7 @@ def test_bad_dtype_is_named(value, message):
 
 
 def test_dtype_aliases():
-    from svdecode.cli import DTYPE_NAMES
+    from svdecode.models import DTYPE_NAMES
 
     assert all(resolve_dtype(name) is not None for name in DTYPE_NAMES)
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("torch.float16") is torch.float16

@@ -1,0 +1,96 @@
+"""``svdecode serve ADAPTER_DIR``: its flags and what it runs (FastAPI is imported only here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+API_KEY_ENV = "SVDECODE_API_KEY"
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    from svdecode.models import DTYPE_NAMES
+
+    p.add_argument("adapter_dir", help="a steered model directory (svdecode calibrate/run) or a PEFT adapter")
+    m = p.add_argument_group("model")
+    m.add_argument("--base", default=None, help="base model (default: the one the adapter records)")
+    m.add_argument("--dtype", default="float32", type=str.lower, choices=DTYPE_NAMES)
+    m.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto")
+    m.add_argument(
+        "--mu", type=float, default=None, help="default mu of the steered model (else the calibrated one)"
+    )
+    m.add_argument(
+        "--alpha", type=float, default=None, help="default confidence-mask alpha of the steered model"
+    )
+    m.add_argument(
+        "--model-name",
+        default="svdecode",
+        help="model id of the steered model; NAME:adapter and NAME:base are the others",
+    )
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    n.add_argument("--port", type=int, default=8000)
+    n.add_argument(
+        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV})"
+    )
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-batch", type=_positive(int), default=16, help="sequences per forward pass")
+    lim.add_argument("--max-queue", type=_positive(int), default=128, help="waiting requests; more get 429")
+    lim.add_argument(
+        "--max-tokens", type=_positive(int), default=512, help="largest max_tokens a request may ask"
+    )
+    lim.add_argument(
+        "--max-prompt-tokens", type=_positive(int), default=None, help="default: the model's context"
+    )
+    lim.add_argument(
+        "--request-timeout", type=_positive(float), default=300.0, help="seconds, queueing included"
+    )
+    lim.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    lim.add_argument("--max-body-bytes", type=_positive(int), default=1 << 20)
+    lim.add_argument(
+        "--shutdown-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="on SIGTERM, seconds to finish in-flight requests",
+    )
+
+
+def run_serve(ns: argparse.Namespace) -> int:
+    try:
+        from svdecode.integrations.server.app import ServerSettings, serve
+    except ImportError as err:
+        raise SystemExit(
+            f"svdecode serve needs the 'serve' extra: pip install 'svdecode[serve]' ({err})"
+        ) from err
+    from svdecode.integrations.server.engine import load_model
+
+    model = load_model(ns.adapter_dir, base=ns.base, dtype=ns.dtype, device=ns.device)
+    if ns.mu is not None:
+        model.steering.mu = ns.mu
+    if ns.alpha is not None:
+        model.steering.alpha = ns.alpha
+    model.steering.validate()
+    settings = ServerSettings(
+        model_name=ns.model_name,
+        max_batch=ns.max_batch,
+        max_queue=ns.max_queue,
+        max_tokens=ns.max_tokens,
+        max_prompt_tokens=ns.max_prompt_tokens,
+        request_timeout=ns.request_timeout,
+        batch_wait_ms=max(0.0, ns.batch_wait_ms),
+        max_body_bytes=ns.max_body_bytes,
+        api_key=ns.api_key or os.environ.get(API_KEY_ENV) or None,
+        shutdown_timeout=ns.shutdown_timeout,
+    )
+    serve(model, settings, ns.host, ns.port)
+    return 0
