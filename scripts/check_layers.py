@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1] / "svdecode"
 CORE = {
     "svdecode",
     "svdecode.steering",
+    "svdecode.strength",
+    "svdecode.objectives",
     "svdecode.streams",
     "svdecode.kv_cache",
     "svdecode.steered_model",

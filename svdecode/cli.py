@@ -140,19 +140,79 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     examples = sample(
         load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows), ns.limit, ns.seed
     )
-    result = model.calibrate(examples, estimator=ns.estimator, batch_size=ns.batch_size)
-    st = result.stats
-    lines = [
-        f"mu_bar = {result.mu:.6g} ({ns.estimator}, {st['n_tokens']} answer tokens from {st['n_examples']} examples)",
-        "estimates: " + ", ".join(f"{k}={v:.4g}" for k, v in st["estimates"].items()),
-        "mu*_t quantiles: " + ", ".join(f"{k}={v:.3g}" for k, v in st["quantiles"].items()),
-        f"gold token outside the confidence mask: {100 * st['frac_gold_outside_mask']:.1f}%",
-    ]
-    print("\n".join(lines))
+    result = model.calibrate(examples, batch_size=ns.batch_size, **calibration_options(ns, examples))
+    print(calibration_report(result))
     if ns.out:
         path = model.save_pretrained(ns.out)
         print(f"saved steering artifact: {path}")
     return 0
+
+
+def calibration_options(ns: argparse.Namespace, examples) -> dict:
+    """``SteeredModel.calibrate`` keyword arguments from the calibration flags; the data's own
+    multiple-choice view (TruthfulQA MC, commonsense labels) when it has one."""
+    from svdecode.eval.choices import calibration_choices
+
+    choices, metric = calibration_choices(examples)
+    return dict(
+        objective=ns.objective,
+        choices=choices,
+        choice_metric=metric,
+        guard=not ns.no_guard,
+        folds=ns.folds,
+        bins=ns.confidence_bins,
+        seed=ns.seed,
+    )
+
+
+def calibration_report(result) -> str:
+    """What calibration decided, in a few lines."""
+    st = result.stats
+    guard = st.get("guard") or {}
+    lines = [
+        f"mu_bar = {result.mu:.6g} ({result.objective}, {st['n_tokens']} answer tokens from "
+        f"{st['n_examples']} examples, {st.get('n_choice_items', 0)} choice items)",
+        "objectives: " + ", ".join(f"{k}={v:.4g}" for k, v in st["estimates"].items()),
+        "mu*_t quantiles: " + ", ".join(f"{k}={v:.3g}" for k, v in st["quantiles"].items()),
+        f"gold token outside the confidence mask: {100 * st['frac_gold_outside_mask']:.1f}%",
+    ]
+    if guard.get("passed") is False:
+        lines.append(f"steering off: calibration found no gain ({guard.get('reason')})")
+    elif guard.get("enabled"):
+        lines.append(f"guard passed: {guard.get('reason')}")
+    bins = st.get("bins")
+    if bins:
+        kept = "applied" if bins.get("applied") else "not applied (cross-validation does not prefer them)"
+        mus = ", ".join(f"{m:.3g}" for m in bins["mu"])
+        lines.append(f"confidence-binned strengths [{mus}]: {kept}")
+    return "\n".join(lines)
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+
+    c = p.add_argument_group("calibration of the strength")
+    c.add_argument(
+        "--objective",
+        default=DEFAULT_OBJECTIVE,
+        choices=OBJECTIVES,
+        help="nll: exact minimiser of the steered NLL; task: best task metric on the data's choices; "
+        "mean/median/trimmed/pooled: the paper's estimators",
+    )
+    c.add_argument("--estimator", dest="objective", choices=OBJECTIVES, help=argparse.SUPPRESS)
+    c.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="apply the fit even if cross-validation finds no held-out gain",
+    )
+    c.add_argument("--folds", type=int, default=5, help="cross-validation folds of the guard")
+    c.add_argument(
+        "--confidence-bins",
+        type=int,
+        default=3,
+        help="also fit one strength per bin of the adapted model's confidence (kept only if "
+        "cross-validation prefers it); 0 or 1: off",
+    )
 
 
 def cmd_warmstart(ns: argparse.Namespace) -> int:
@@ -195,13 +255,15 @@ def cmd_run(ns: argparse.Namespace) -> int:
         n_calib=ns.n_calib,
         n_test=ns.n_test,
         seed=ns.seed,
-        estimator=ns.estimator,
+        calibration=lambda examples: calibration_options(ns, examples),
         source=ns.data,
         resume=ns.resume,
     )
     st = res.model.steering
     ran = ", ".join(res.stages_run) or "nothing (all stages were complete)"
-    print(f"ran: {ran}; mu_bar = {st.mu:.6g} ({st.estimator}); artifact in {res.out_dir}")
+    print(f"ran: {ran}; mu_bar = {st.mu:.6g} ({st.objective}); artifact in {res.out_dir}")
+    if res.calibration is not None:
+        print(calibration_report(res.calibration))
     for stage, secs in res.seconds.items():
         print(f"  {stage}: {secs:.0f} s")
     return 0
@@ -245,6 +307,10 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         max_new_tokens=ns.max_new_tokens,
         judge=judge,
         mc_prompt_style=ns.mc_prompt,
+        objective=ns.objective,
+        guard=not ns.no_guard,
+        folds=ns.folds,
+        bins=ns.confidence_bins,
         run_info={"command": " ".join(sys.argv), "warmstart_fraction": ns.warmstart_fraction},
     )
     print(Path(ns.out, "results.md").read_text())
@@ -308,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(c)
     add_steering_args(c)
     add_data_args(c, default_split="train")
-    c.add_argument("--estimator", default="mean", choices=("mean", "median", "trimmed", "pooled"))
+    add_calibration_args(c)
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--out", help="write adapter + steering_config.json here")
     c.set_defaults(func=cmd_calibrate)
@@ -330,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_args(r)
     r.add_argument("--base", default=None, help="base model (default: SmolLM2-135M-Instruct)")
     r.add_argument("--out", required=True)
-    r.add_argument("--estimator", default="mean", choices=("mean", "median", "trimmed", "pooled"))
+    add_calibration_args(r)
     add_warmstart_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -421,6 +487,7 @@ def _add_eval_parser(sub) -> None:
         "--warmstart-fraction", type=float, default=None, help="recorded for the warm-start-length plot"
     )
     e.add_argument("--out", required=True)
+    add_calibration_args(e)
     e.set_defaults(func=cmd_eval)
 
 

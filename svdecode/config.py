@@ -34,7 +34,10 @@ class SteeringConfig:
     alpha: float = 0.1
     lam: float | None = float("-inf")
     method: str = "svdecode"
-    estimator: str = "mean"
+    objective: str = "nll"  # what chose mu (svdecode.objectives.OBJECTIVES; "estimator" before 0.2)
+    # strengths that follow the adapted model's confidence, when calibration kept them:
+    # {"observable": "log_max_p_adapted", "edges": [...], "mu": [...]} (len(mu) = len(edges) + 1)
+    mu_bins: dict[str, Any] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     base_model: str | None = None
     adapted_model: str | None = None  # a fully fine-tuned checkpoint, when there is no adapter
@@ -58,6 +61,14 @@ class SteeringConfig:
             raise ConfigError(f"lam must be -inf, a finite float or None, got {self.lam!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown steering method {self.method!r}; choose one of {METHODS}")
+        if self.mu_bins is not None:
+            edges, mus = self.mu_bins.get("edges"), self.mu_bins.get("mu")
+            if not isinstance(edges, list) or not isinstance(mus, list) or len(mus) != len(edges) + 1:
+                raise ConfigError(f"mu_bins needs 'edges' and one more 'mu' than edges, got {self.mu_bins!r}")
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in edges + mus):
+                raise ConfigError(f"mu_bins edges and strengths must be finite numbers, got {self.mu_bins!r}")
+            if self.mu_bins.get("observable") != "log_max_p_adapted":
+                raise ConfigError(f"unknown mu_bins observable {self.mu_bins.get('observable')!r}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,9 +87,11 @@ class SteeringConfig:
                 f"{source}: format_version {version!r} is not supported by this svdecode (expects {FORMAT_VERSION})"
             )
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"format_version"}
+        unknown = set(data) - known - {"format_version", "estimator"}
         if unknown:
             raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
+        if "estimator" in data and "objective" not in data:  # written before objectives existed
+            data["objective"] = data.pop("estimator")
         data = {k: v for k, v in data.items() if k in known}
         try:
             if data.get("lam") is not None:

@@ -27,6 +27,7 @@ from svdecode.calibration import CalibrationResult, calibrate_streams
 from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.kv_cache import StreamCache
 from svdecode.models import load_base, load_peft, load_tokenizer
+from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.scoring import batches, encode_pairs, split_pairs
 from svdecode.streams import (
     LogitStreams,
@@ -38,6 +39,7 @@ from svdecode.streams import (
     take_cache,
     warn_if_untested,
 )
+from svdecode.strength import binned_strength
 
 log = logging.getLogger("svdecode")
 
@@ -188,10 +190,12 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     def combine(self, z_phi: torch.Tensor, z_theta: torch.Tensor) -> torch.Tensor:
         """Logits of the configured method from the two streams' logits (fp32)."""
         s = self.steering
+        bins = getattr(s, "mu_bins", None)
+        mu = binned_strength(z_phi, bins) if bins and s.method in ("svdecode", "logit_arithmetic") else s.mu
         if s.method == "svdecode":
-            return steering.steer_logits(z_phi, z_theta, s.mu, alpha=s.alpha, lam=s.lam)
+            return steering.steer_logits(z_phi, z_theta, mu, alpha=s.alpha, lam=s.lam)
         if s.method == "logit_arithmetic":
-            return steering.logit_arithmetic(z_phi, z_theta, s.mu, alpha=s.alpha, lam=s.lam)
+            return steering.logit_arithmetic(z_phi, z_theta, mu, alpha=s.alpha, lam=s.lam)
         if s.method == "prob_space":
             return steering.steer_logits_prob_space(z_phi, z_theta, s.mu, alpha=s.alpha, lam=s.lam)
         if s.method == "adapted":
@@ -283,29 +287,56 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     def calibrate(
         self,
         pairs: Sequence[Any],
-        estimator: str = "mean",
+        objective: str = DEFAULT_OBJECTIVE,
         batch_size: int = 8,
         trim: float = 0.1,
         max_length: int | None = None,
         progress: bool = True,
+        *,
+        estimator: str | None = None,
+        choices: Sequence[ChoiceItem] | None = None,
+        choice_metric: ItemMetric = choice_accuracy,
+        guard: bool = True,
+        folds: int = 5,
+        bins: int = 3,
+        seed: int = 0,
     ) -> CalibrationResult:
-        """Calibrate mu_bar on labelled pairs: ``(prompt, answer)`` tuples or objects with
-        ``.prompt``/``.answer`` (e.g. :class:`svdecode.data.Example`). Sets ``steering.mu``."""
+        """Calibrate the strength on labelled pairs: ``(prompt, answer)`` tuples or objects with
+        ``.prompt``/``.answer`` (and ``.id``, e.g. :class:`svdecode.data.Example`).
+
+        ``objective``: "nll" (exact minimiser of the steered NLL, default), "task" (best task metric
+        on ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the
+        old name of this argument). Every objective is computed and recorded; ``guard`` (k-fold
+        cross-validation, ``folds``) turns steering off when the chosen one does not beat mu = 0
+        on held-out data; ``bins`` > 1 also fits strengths per confidence bin, kept only if
+        cross-validation prefers them. Sets ``steering.mu`` (and ``steering.mu_bins``).
+        """
+        if estimator is not None:
+            objective = estimator
         prompts, answers = split_pairs(pairs)
+        ids = [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]
         result = calibrate_streams(
             self.streams,
             self._require_tokenizer(),
             prompts,
             answers,
             alpha=self.steering.alpha,
-            estimator=estimator,
+            objective=objective,
             method=self.steering.method,
             batch_size=batch_size,
             trim=trim,
             max_length=max_length,
             progress=progress,
+            ids=ids,
+            choices=choices,
+            choice_metric=choice_metric,
+            guard=guard,
+            folds=folds,
+            bins=bins,
+            seed=seed,
         )
         self.steering.mu = result.mu
-        self.steering.estimator = estimator
+        self.steering.objective = objective
+        self.steering.mu_bins = result.mu_bins
         self.steering.calibration = result.stats
         return result

@@ -36,9 +36,10 @@ import torch
 from svdecode.steering import confidence_mask, direction_vector
 
 # Kept entries stored per token. The confidence mask keeps every token within a factor alpha of
-# the top one: at alpha = 0.1 that is rarely more than ~20 tokens; beyond the cap the smallest
-# kept entries are treated as unsteered (counted in ``TokenStats.n_capped``).
-DEFAULT_CAP = 64
+# the top one: for a confident model a handful, for a flat one many. Beyond the cap the smallest
+# kept entries are treated as unsteered (counted in ``TokenStats.n_capped``); their delta is
+# proportional to their probability, so the error is small when they are.
+DEFAULT_CAP = 256
 MU_LIMIT = 1e4  # |mu| beyond this is reported as "unbounded": L keeps falling towards infinity
 DIRECTION_OF = {"svdecode": "kl_gradient", "logit_arithmetic": "logit_difference"}
 
@@ -325,6 +326,14 @@ def binned_mu(observable: torch.Tensor, edges: Sequence[float], mus: Sequence[fl
     return torch.as_tensor(list(mus), dtype=torch.float64)[bin_index(observable, edges)]
 
 
+def binned_strength(logits_adapted: torch.Tensor, mu_bins: dict) -> torch.Tensor:
+    """Per-row strengths [..., 1] for decoding and scoring: the bin of each row's log max p_phi."""
+    obs = torch.log_softmax(logits_adapted.float(), dim=-1).amax(-1)
+    mus = torch.as_tensor(mu_bins["mu"], dtype=torch.float32, device=obs.device)
+    edges = torch.as_tensor(mu_bins["edges"], dtype=torch.float32, device=obs.device)
+    return mus[torch.bucketize(obs, edges, right=True)].unsqueeze(-1)
+
+
 def paper_estimate(stats: TokenStats, estimator: str, trim: float = 0.1) -> float:
     """The paper's estimators (eqs. 44-46) from the same statistics."""
     from svdecode.steering import aggregate_mu
@@ -338,6 +347,7 @@ __all__ = [
     "TokenStats",
     "bin_index",
     "binned_mu",
+    "binned_strength",
     "fit_binned",
     "group_scores",
     "maximise",

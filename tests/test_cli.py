@@ -74,7 +74,7 @@ def test_run_then_generate_calibrate_and_skip(base_dir, data_file, tmp_path, cap
     assert main([*cal, "--out", str(out)]) == 0
     assert "mu_bar = " in capsys.readouterr().out
     recal = json.loads((out / CONFIG_NAME).read_text())
-    assert recal["estimator"] == "median" and recal["calibration"]["n_examples"] == 6
+    assert recal["objective"] == "median" and recal["calibration"]["n_examples"] == 6  # --estimator: old name
 
 
 def test_errors_name_the_input(tmp_path, capsys):

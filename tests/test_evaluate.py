@@ -147,10 +147,11 @@ def test_build_methods_calibrates_each_variant(model):
     prompts = [c.prompt for c in CALIB]
     answers = [c.answer for c in CALIB]
 
-    def cal(method, alpha):
+    def cal(method, alpha):  # what build_methods does: items' own ids (folds), paper estimator for prob_space
         return calibrate_streams(
-            model.streams, model.tokenizer, prompts, answers, alpha=alpha, method=method, progress=False
-        )
+            model.streams, model.tokenizer, prompts, answers, alpha=alpha, method=method, progress=False,
+            objective="mean" if method == "prob_space" else "nll", ids=[c.id for c in CALIB],
+        )  # fmt: skip
 
     sv = cal("svdecode", 0.1)
     assert ms.get("peft+svdecode").mu == pytest.approx(sv.mu, rel=1e-12)

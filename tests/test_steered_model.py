@@ -279,7 +279,11 @@ def test_calibrate_pools_answer_tokens_only(tokenizer):
     model = SteeredModel.from_peft(peft_model, tokenizer)
     pairs = [("the correct answer is", " true"), ("What is the capital", " of France"), ("Q:", " A: yes")]
     result = model.calibrate(
-        [Example(str(i), "t", p, a) for i, (p, a) in enumerate(pairs)], batch_size=2, progress=False
+        [Example(str(i), "t", p, a) for i, (p, a) in enumerate(pairs)],
+        objective="mean",
+        guard=False,
+        batch_size=2,
+        progress=False,
     )
     nums, dens = [], []
     for prompt, answer in pairs:  # brute force: one pair at a time, answer positions only
@@ -309,7 +313,7 @@ def test_calibration_bad_input(tokenizer):
         model.calibrate([], progress=False)
     with pytest.raises(ValueError, match="tokenises to nothing"):
         model.calibrate([("the correct answer is", "")], progress=False)
-    with pytest.raises(ValueError, match="unknown estimator"):
+    with pytest.raises(ValueError, match="unknown objective"):
         model.calibrate([("a", " b")], estimator="mode", progress=False)
 
 

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from svdecode.config import SteeringConfig
-from svdecode.eval.strengths import Calibrator
+from svdecode.eval.strengths import CalibrationSettings, Calibrator
 from svdecode.fileio import jsonable
+from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric, choice_accuracy
 
 log = logging.getLogger("svdecode")
 
@@ -69,6 +70,7 @@ NOT_IMPLEMENTED: dict[str, str] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "alpha_sweep": tuple(f"alpha={a}" for a in ALPHA_SWEEP),
     "estimators": tuple(f"estimator={e}" for e in ESTIMATOR_NAMES),
+    "objectives": tuple(f"objective={o}" for o in OBJECTIVES),
     "lam_variants": tuple(f"lam={v}" for v in LAM_VARIANTS),
     "decodings": tuple(f"decoding={d}" for d in DECODINGS),
 }
@@ -119,8 +121,9 @@ class MethodSpec:
     lam: float | None = NEG_INF
     decoding: dict[str, Any] = field(default_factory=dict)
     score_lam: float | None = None
-    estimator: str | None = None
+    estimator: str | None = None  # the objective that chose mu (name kept for results.json)
     calibration: dict[str, Any] = field(default_factory=dict)
+    mu_bins: dict[str, Any] | None = None
     reference: str | None = None
     description: str = ""
 
@@ -146,7 +149,8 @@ class MethodSpec:
             alpha=float(self.alpha),
             lam=self.score_lam if scoring else self.lam,
             method=self.method,
-            estimator=self.estimator or base.estimator,
+            objective=self.estimator or base.objective,
+            mu_bins=self.mu_bins,
             calibration=dict(self.calibration),
         )
 
@@ -156,6 +160,8 @@ class MethodSpec:
         if self.steered:
             out.update(mu=repr(float(self.mu)), alpha=float(self.alpha))
             out["lam"] = lam_json(self.score_lam if scoring else self.lam)
+            if self.mu_bins:
+                out["mu_bins"] = self.mu_bins
         if not scoring:
             out["decoding"] = self.decoding or GREEDY
         return out
@@ -172,6 +178,7 @@ class MethodSpec:
                 "decoding": self.decoding,
                 "decoding_name": self.decoding_name,
                 "estimator": self.estimator,
+                "mu_bins": self.mu_bins,
                 "calibration": self.calibration,
                 "reference": self.reference,
                 "description": self.description,
@@ -190,6 +197,7 @@ class MethodSpec:
             score_lam=lam_parse(data.get("score_lam")),
             estimator=data.get("estimator"),
             calibration=dict(data.get("calibration") or {}),
+            mu_bins=data.get("mu_bins"),
             reference=data.get("reference"),
             description=data.get("description", ""),
         )
@@ -237,6 +245,7 @@ def known_method_names() -> list[str]:
         *GROUPS["alpha_sweep"],
         *GROUPS["lam_variants"],
         *GROUPS["estimators"],
+        *GROUPS["objectives"],
         *GROUPS["decodings"],
         *GROUPS,
         "alpha=<a>",
@@ -250,7 +259,13 @@ def build_methods(
     names: Sequence[str] = STANDARD_METHODS,
     *,
     alpha: float | None = None,
-    estimator: str = "mean",
+    objective: str = DEFAULT_OBJECTIVE,
+    estimator: str | None = None,
+    choices: Sequence[ChoiceItem] | None = None,
+    choice_metric: ItemMetric = choice_accuracy,
+    guard: bool = True,
+    folds: int = 5,
+    bins: int = 3,
     lam: float | None = NEG_INF,
     score_lam: float | None = None,
     seed: int = 0,
@@ -266,33 +281,47 @@ def build_methods(
     (beta calibrated the same way with the logit-difference direction), "no_projection"
     (prob_space, eq. 9, own strength), "no_mask" (alpha = 0, recalibrated), "alpha=<a>"
     (recalibrated per alpha), "lam=<-inf|float|keep>" (svdecode mu with that lam for generation
-    AND scoring), "estimator=<mean|median|trimmed|pooled>" (mu from the same calibration's
-    estimates), "decoding=<greedy|beam4|top_p0.9|top_k50>" (adds "peft[d]" and
+    AND scoring), "objective=<nll|task|mean|median|trimmed|pooled>" (that objective's own fit from
+    the same calibration, unguarded; "estimator=<...>" is the old name), "decoding=<greedy|beam4|top_p0.9|top_k50>" (adds "peft[d]" and
     "peft+svdecode[d]"), and the groups of :data:`GROUPS`. "tad" is refused (see
-    :data:`NOT_IMPLEMENTED`). ``calib=None`` uses the model's stored svdecode mu for
+    :data:`NOT_IMPLEMENTED`). Calibrated specs apply the calibration's decision for ``objective``
+    (guarded by cross-validation, with confidence-binned strengths when kept; see
+    :func:`svdecode.objectives.choose_strength`); ``choices`` are the calibration questions' choice
+    items (task objective and guard). ``calib=None`` uses the model's stored svdecode mu for
     "peft+svdecode" and fails for anything else that needs calibrating.
     """
     alpha = float(model.steering.alpha if alpha is None else alpha)
-    cal = Calibrator(model, calib, estimator, trim, batch_size, max_length, progress, cache_dir)
+    settings = CalibrationSettings(
+        estimator or objective, trim, guard, folds, bins, seed, batch_size, max_length, progress
+    )
+    cal = Calibrator(model, calib, settings, cache_dir, choices, choice_metric)
     specs: list[MethodSpec] = []
     token_mu: dict[str, np.ndarray] = {}
 
-    def calibrated(name, method, a, est=estimator, **kw) -> MethodSpec:
+    def calibrated(name, method, a, est=None, **kw) -> MethodSpec:
+        """A calibrated spec: the calibration's decision (guard, binned strengths) when ``est`` is
+        None, else objective ``est``'s own fit as it is."""
         stats, tmu = cal(method, a)
         token_mu[stats.get("key", cal.key(method, a))] = tmu
         estimates = stats.get("estimates", {})
-        if est not in estimates:
+        if est is not None and est not in estimates:
             raise ValueError(f"calibration {cal.key(method, a)} has no {est!r} estimate")
-        stats = {**stats, "key": stats.get("key", cal.key(method, a))}
+        bins = stats.get("bins") or {}
+        mu_bins = (
+            {k: bins[k] for k in ("observable", "edges", "mu")}
+            if est is None and bins.get("applied")
+            else None
+        )
         return MethodSpec(
             name,
             method,
-            mu=float(estimates[est]),
+            mu=float(stats["mu"] if est is None else estimates[est]),
             alpha=a,
             lam=kw.pop("lam", lam),
             score_lam=kw.pop("score_lam", score_lam),
-            estimator=est,
-            calibration=stats,
+            estimator=est or stats.get("objective"),
+            calibration={**stats, "key": stats.get("key", cal.key(method, a))},
+            mu_bins=mu_bins,
             **kw,
         )
 
@@ -315,7 +344,9 @@ def _specs_for(name: str, calibrated: Callable[..., MethodSpec], alpha: float, s
     elif name == "peft":
         out.append(MethodSpec("peft", "adapted", description="warm-started PEFT model alone"))
     elif name == "peft+svdecode":
-        out.append(calibrated(name, "svdecode", alpha, description="SVDecode, calibrated mu_bar"))
+        out.append(
+            calibrated(name, "svdecode", alpha, description="SVDecode, calibrated and guarded strength")
+        )
     elif name == "peft+logit_arith":
         out.append(
             calibrated(
@@ -346,11 +377,16 @@ def _specs_for(name: str, calibrated: Callable[..., MethodSpec], alpha: float, s
                 description=f"lam ablation: masked tokens get {lam_json(value)} (generation and scoring)",
             )
         )
-    elif name.startswith("estimator="):
+    elif name.startswith(("estimator=", "objective=")):
         est = name.split("=", 1)[1]
-        if est not in ESTIMATOR_NAMES:
-            raise ValueError(f"unknown estimator in {name!r}; choose one of {ESTIMATOR_NAMES}")
-        out.append(calibrated(name, "svdecode", alpha, est=est, description=f"mu_bar estimator: {est}"))
+        known = ESTIMATOR_NAMES if name.startswith("estimator=") else OBJECTIVES
+        if est not in known:
+            raise ValueError(f"unknown objective in {name!r}; choose one of {known}")
+        out.append(
+            calibrated(
+                name, "svdecode", alpha, est=est, description=f"strength from objective {est}, unguarded"
+            )
+        )
     elif name.startswith("decoding="):
         dname = name.split("=", 1)[1]
         if dname not in DECODINGS:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.compare import paired_comparisons
 from svdecode.eval.judges import Judge
@@ -29,8 +30,9 @@ from svdecode.eval.methods import (
 )
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
-from svdecode.eval.truthfulqa_mc import evaluate_mc
+from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
 from svdecode.fileio import jsonable, slug, write_json_atomic, write_text_atomic
+from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
 
 log = logging.getLogger("svdecode")
 
@@ -106,7 +108,11 @@ def run_eval(
     reference: str = "peft",
     score_lam: float | None = None,
     alpha: float | None = None,
-    estimator: str = "mean",
+    objective: str = DEFAULT_OBJECTIVE,
+    estimator: str | None = None,
+    guard: bool = True,
+    folds: int = 5,
+    bins: int = 3,
     mc_prompt_style: str = "qa_primer",
     max_length: int | None = None,
     n_boot: int = 2000,
@@ -144,7 +150,10 @@ def run_eval(
         "reference": reference,
         "score_lam": lam_json(score_lam),
         "alpha": float(model.steering.alpha if alpha is None else alpha),
-        "estimator": estimator,
+        "objective": estimator or objective,
+        "guard": guard,
+        "folds": folds,
+        "confidence_bins": bins,
         "mc_prompt_style": mc_prompt_style,
         "max_length": max_length,
         "n_boot": n_boot,
@@ -169,12 +178,18 @@ def run_eval(
         else:
             task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
             _check_disjoint(task, task_calib, items)
+            task_choices, metric = calibration_choice_items(task, task_calib, mc_prompt_style)
             mset = build_methods(
                 model,
                 task_calib,
                 method_names,
                 alpha=alpha,
-                estimator=estimator,
+                objective=estimator or objective,
+                choices=task_choices,
+                choice_metric=metric,
+                guard=guard,
+                folds=folds,
+                bins=bins,
                 score_lam=score_lam,
                 seed=seed,
                 batch_size=batch_size,
@@ -217,6 +232,26 @@ def _model_record(model) -> dict[str, Any]:
         "dtype": str(model.dtype),
         "device": str(model.device),
     }
+
+
+def calibration_choice_items(
+    task: str, calib: Sequence[Any] | None, mc_prompt_style: str
+) -> tuple[list[ChoiceItem] | None, ItemMetric]:
+    """The calibration examples' multiple-choice view for the task objective and the guard:
+    TruthfulQA MC answers after the evaluation's own MC prompt, commonsense label options."""
+    if not calib:
+        return None, choice_accuracy
+    if task.startswith("truthfulqa"):
+        from svdecode.data import load_truthfulqa_mc
+
+        by_id = {it.id: it for it in load_truthfulqa_mc()}
+        items = [
+            mc_choice_item(by_id[c.id], mc_prompt(by_id[c.id].question, mc_prompt_style))
+            for c in calib
+            if getattr(c, "id", None) in by_id
+        ]
+        return (items or None), truthfulqa_mc_average
+    return calibration_choices(calib)
 
 
 def _check_disjoint(task: str, calib: Sequence[Any] | None, items: Sequence[Any]) -> None:

@@ -4,11 +4,13 @@ disk under the run's cache so a rerun reuses it; plus the model fingerprint ever
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,10 @@ import torch
 
 from svdecode.calibration import calibrate_streams
 from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic
+from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
 from svdecode.scoring import split_pairs
+from svdecode.steering import ESTIMATORS
+from svdecode.strength import DIRECTION_OF, TokenStats, nll, search_grid
 
 log = logging.getLogger("svdecode")
 
@@ -54,17 +59,47 @@ def model_fingerprint(model) -> str:
     return short_hash(parts)
 
 
-class Calibrator:
-    """Calibrates (method, alpha) once, in memory and optionally on disk."""
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How every (method, alpha) of one evaluation is calibrated."""
 
-    def __init__(self, model, calib, estimator, trim, batch_size, max_length, progress, cache_dir):
-        self.model = model
+    objective: str = DEFAULT_OBJECTIVE
+    trim: float = 0.1
+    guard: bool = True
+    folds: int = 5
+    bins: int = 3
+    seed: int = 0
+    batch_size: int = 8
+    max_length: int | None = None
+    progress: bool = True
+
+
+class Calibrator:
+    """Calibrates (method, alpha) once, in memory and optionally on disk.
+
+    Besides the decision it records the calibration curve: the mean per-token NLL (and the task
+    metric on the calibration choices) at every point of the strength grid.
+    """
+
+    def __init__(
+        self,
+        model,
+        calib,
+        settings: CalibrationSettings,
+        cache_dir: str | Path | None = None,
+        choices: Sequence[ChoiceItem] | None = None,
+        choice_metric: ItemMetric = choice_accuracy,
+    ):
+        self.model, self.settings = model, settings
         self.prompts, self.answers = split_pairs(calib) if calib is not None else ([], [])
+        self.ids = [str(getattr(c, "id", i)) for i, c in enumerate(calib or [])]
         self.has_data = calib is not None and len(self.prompts) > 0
-        self.estimator, self.trim = estimator, trim
-        self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
+        self.choices, self.choice_metric = (list(choices) if choices else None), choice_metric
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.data_hash = _pairs_hash(self.prompts, self.answers) if self.has_data else None
+        if self.choices:
+            opts = [(c.prompt + "\x02" + "\x03".join(c.options), str(c.labels)) for c in self.choices]
+            self.data_hash += "+" + _pairs_hash(*zip(*opts, strict=True))
         self.memo: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
 
     def key(self, method: str, alpha: float) -> str:
@@ -75,30 +110,15 @@ class Calibrator:
         if key in self.memo:
             return self.memo[key]
         if not self.has_data:
-            current = self.model.steering
-            if (
-                method == current.method == "svdecode"
-                and math.isclose(alpha, current.alpha)
-                and (current.mu != 0.0 or current.calibration)
-            ):
-                stats = dict(current.calibration or {})
-                stats.setdefault("mu", current.mu)
-                stats.setdefault("estimates", {current.estimator: current.mu})
-                stats["source"] = "model steering config (no calibration pairs given)"
-                self.memo[key] = (stats, np.zeros(0))
-                return self.memo[key]
-            raise ValueError(
-                f"method {method!r} at alpha={alpha} needs a calibrated strength: pass calibration pairs "
-                "(calib=...), or use a model whose steering config holds a calibrated svdecode mu"
-            )
-        path = None
+            self.memo[key] = (self._stored(method, alpha), np.zeros(0))
+            return self.memo[key]
+        json_path = npy_path = None
         if self.cache_dir is not None:
             ident = short_hash(
                 {
                     "key": key,
                     "data": self.data_hash,
-                    "trim": self.trim,
-                    "max_length": self.max_length,
+                    "settings": dataclasses.asdict(self.settings) | {"progress": None, "batch_size": None},
                     "model": model_fingerprint(self.model),
                 }
             )
@@ -110,25 +130,73 @@ class Calibrator:
                 self.memo[key] = (stats, np.load(npy_path))
                 log.info("calibration %s: reused %s", key, json_path)
                 return self.memo[key]
+        stats, token_mu = self._calibrate(method, alpha)
+        stats = jsonable({**stats, "key": key, "calib_pairs_sha": self.data_hash})
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            with npy_path.open("wb") as fh:
+                np.save(fh, token_mu)
+            write_json_atomic(json_path, stats)
+        self.memo[key] = (stats, token_mu)
+        return self.memo[key]
+
+    def _calibrate(self, method: str, alpha: float) -> tuple[dict[str, Any], np.ndarray]:
+        st = self.settings
+        linear = method in DIRECTION_OF
+        objective = st.objective if linear or st.objective in ESTIMATORS else "mean"
         result = calibrate_streams(
             self.model.streams,
             self.model.tokenizer,
             self.prompts,
             self.answers,
             alpha=alpha,
-            estimator=self.estimator,
+            objective=objective,
             method=method,
-            batch_size=self.batch_size,
-            trim=self.trim,
-            max_length=self.max_length,
-            progress=self.progress,
+            batch_size=st.batch_size,
+            trim=st.trim,
+            max_length=st.max_length,
+            progress=st.progress,
+            ids=self.ids,
+            choices=self.choices if linear else None,
+            choice_metric=self.choice_metric,
+            guard=st.guard,
+            folds=st.folds,
+            bins=st.bins,
+            seed=st.seed,
         )
-        stats = jsonable({**result.stats, "key": key, "calib_pairs_sha": self.data_hash})
-        token_mu = result.token_mu.double().numpy()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with npy_path.open("wb") as fh:
-                np.save(fh, token_mu)
-            write_json_atomic(json_path, stats)
-        self.memo[key] = (stats, token_mu)
-        return self.memo[key]
+        stats = dict(result.stats)
+        if result.token_stats is not None:
+            stats["curve"] = calibration_curve(result.token_stats, result.choice_stats, stats["estimates"])
+        return stats, result.token_mu.double().numpy()
+
+    def _stored(self, method: str, alpha: float) -> dict[str, Any]:
+        """The model's own calibrated strength, when no calibration pairs were given."""
+        current = self.model.steering
+        if (
+            method == current.method == "svdecode"
+            and math.isclose(alpha, current.alpha)
+            and (current.mu != 0.0 or current.calibration)
+        ):
+            stats = dict(current.calibration or {})
+            stats.setdefault("mu", current.mu)
+            stats.setdefault("objective", current.objective)
+            stats.setdefault("estimates", {current.objective: current.mu})
+            stats["source"] = "model steering config (no calibration pairs given)"
+            return stats
+        raise ValueError(
+            f"method {method!r} at alpha={alpha} needs a calibrated strength: pass calibration pairs "
+            "(calib=...), or use a model whose steering config holds a calibrated svdecode mu"
+        )
+
+
+def calibration_curve(
+    stats: TokenStats, choices: ChoiceStats | None, estimates: dict[str, float]
+) -> dict[str, Any]:
+    """The calibration objective along the strength grid: mean NLL per answer token, and the task
+    metric on the calibration choices (when there are choices)."""
+    grid = search_grid(list(estimates.values()), limit=1e3, per_decade=6)
+    n = max(len(stats), 1)
+    out: dict[str, Any] = {"mu": grid, "nll_per_token": [nll(stats, m) / n for m in grid]}
+    if choices is not None:
+        out["task"] = [choices.value(m) for m in grid]
+    return out

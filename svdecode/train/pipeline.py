@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from svdecode.calibration import CalibrationResult
 from svdecode.config import CONFIG_NAME
 from svdecode.data import Example, Splits, make_splits, splits_from_manifest
 from svdecode.steered_model import SteeredModel
@@ -29,6 +30,7 @@ class PipelineResult:
     warmstart_info: dict
     stages_run: list[str]
     seconds: dict[str, float]
+    calibration: CalibrationResult | None = None  # when calibration ran in this call
 
 
 def split_pool(
@@ -52,7 +54,7 @@ def run_pipeline(
     n_calib: int | float = 128,
     n_test: int | float | None = None,
     seed: int = 0,
-    estimator: str = "mean",
+    calibration: Callable[[Sequence[Example]], dict] | None = None,
     alpha: float = 0.1,
     calib_batch_size: int = 8,
     source: str | None = None,
@@ -63,10 +65,12 @@ def run_pipeline(
 
     Without ``n_train`` everything not in the calibration/test splits is trained on. A finished
     warm-start in ``out_dir`` is reused (its recorded split is reloaded, so calibration never sees
-    a training example); an existing ``steering_config.json`` is reused too.
+    a training example); an existing ``steering_config.json`` is reused too. ``calibration``
+    maps the calibration examples to ``SteeredModel.calibrate`` options (objective, choices, guard).
     """
     out = Path(out_dir)
     stages, seconds = [], {}
+    calib_result = None
     if is_complete(out):
         info = read_info(out)
         manifest = _read_manifest(out)
@@ -98,11 +102,14 @@ def run_pipeline(
         peft_model = load_adapter(out)
         model = SteeredModel.from_peft(peft_model, load_tokenizer(str(out)), alpha=alpha)
         model.steering.base_model = base
-        model.calibrate(splits.calib, estimator=estimator, batch_size=calib_batch_size, progress=progress)
+        options = calibration(splits.calib) if calibration is not None else {}
+        calib_result = model.calibrate(
+            splits.calib, batch_size=calib_batch_size, progress=progress, **options
+        )
         model.save_pretrained(out)
         seconds["calibrate"] = time.time() - t0
         stages.append("calibrate")
-    return PipelineResult(out, splits, model, info, stages, seconds)
+    return PipelineResult(out, splits, model, info, stages, seconds, calib_result)
 
 
 def _read_manifest(out: Path) -> dict:
