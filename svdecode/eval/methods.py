@@ -305,7 +305,14 @@ def build_methods(
         token_mu[stats.get("key", cal.key(method, a))] = tmu
         estimates = stats.get("estimates", {})
         if est is not None and est not in estimates:
-            raise ValueError(f"calibration {cal.key(method, a)} has no {est!r} estimate")
+            raise ValueError(
+                f"calibration {cal.key(method, a)} has no {est!r} estimate"
+                + (
+                    " (the task objective needs calibration examples with a multiple-choice view)"
+                    if est == "task"
+                    else ""
+                )
+            )
         bins = stats.get("bins") or {}
         mu_bins = (
             {k: bins[k] for k in ("observable", "edges", "mu")}

@@ -269,3 +269,44 @@ def plot_warmstart(
     plt.close(fig)
     n_txt = f"n={min(ns)}" if ns and min(ns) == max(ns) else f"n={min(ns)}-{max(ns)}"
     return path, f"{TASK_TITLES.get(task, task)}: {label} vs warm-start length, {n_txt} items per point."
+
+
+def plot_mu_curve(task: str, res: Mapping[str, Any], path: str | Path) -> tuple[Path, str] | None:
+    """Test metric (ORACLE) and the calibration objective along mu, every objective's strength marked."""
+    curve = res.get("mu_curve")
+    if not curve:
+        return None
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(curve["grid"], [100 * v for v in curve["test"]], color="black", lw=1.2, label="test (ORACLE)")
+    top.axhline(100 * curve["at_zero"], color="grey", ls=":", lw=1, label="mu = 0 (PEFT)")
+    for name, m in curve["marks"].items():
+        top.plot([m["mu"]], [100 * m["test"]], "o", label=f"{name}: {m['objective']}")
+    top.set_ylabel(f"test {curve['metric']} (%)")
+    top.legend(fontsize=7, loc="best")
+    cal = curve.get("calibration") or {}
+    if cal:
+        bottom.plot(cal["mu"], cal["nll_per_token"], color="tab:blue", label="calibration NLL / token")
+        bottom.set_ylabel("calibration NLL / token")
+        if cal.get("task"):
+            twin = bottom.twinx()
+            twin.plot(
+                cal["mu"], [100 * v for v in cal["task"]], color="tab:orange", label="calibration task metric"
+            )
+            twin.set_ylabel("calibration task metric (%)", color="tab:orange")
+    for m in curve["marks"].values():
+        bottom.axvline(m["mu"], color="grey", lw=0.6, ls="--")
+    for ax in (top, bottom):
+        ax.set_xscale("symlog", linthresh=1e-2)
+    bottom.set_xlabel("steering strength mu (symlog)")
+    fig.suptitle(f"{TASK_TITLES.get(task, task)}: strength curve (n={curve['n_items']})", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    cap = (
+        f"Test {curve['metric']} along mu (ORACLE: never used to choose), n={curve['n_items']}; headroom "
+        f"{100 * curve['headroom']:+.2f} points at mu = {curve['best_mu']:.3g}. Bottom: the calibration "
+        "objective. Markers/dashed lines: each objective's strength."
+    )
+    return path, cap

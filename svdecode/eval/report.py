@@ -14,6 +14,7 @@ import numpy as np
 
 from svdecode.eval.plots import (
     plot_alpha_sweep,
+    plot_mu_curve,
     plot_task_bars,
     plot_token_mu_hist,
     plot_warmstart,
@@ -21,7 +22,17 @@ from svdecode.eval.plots import (
 )
 
 # whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
-from svdecode.eval.tables import TASK_TITLES, as_num, ci_text, headline, markdown_table, n_items, num, pct
+from svdecode.eval.tables import (
+    TASK_TITLES,
+    as_num,
+    ci_text,
+    curve_table_rows,
+    headline,
+    markdown_table,
+    n_items,
+    num,
+    pct,
+)
 from svdecode.fileio import slug, write_text_atomic
 
 # whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
@@ -231,8 +242,26 @@ def results_markdown(results: Mapping[str, Any], title: str = "svdecode evaluati
             "",
             _paired_table(res, shown),
         ]
+        if res.get("mu_curve"):
+            lines += ["", _curve_section(res["mu_curve"])]
         lines += ["", "### Methods", "", _methods_table(res)]
     return "\n".join(lines) + "\n"
+
+
+def _curve_section(curve: Mapping[str, Any]) -> str:
+    """The mu-curve summary: headroom (ORACLE) and what each objective's strength captures."""
+    rows = [
+        [name, obj, num(mu), pct(test), ci_text(d, lo, hi), "-" if share is None else f"{100 * share:.0f}%"]
+        for name, obj, mu, test, d, lo, hi, share in curve_table_rows(curve)
+    ]
+    head = (
+        f"### Strength curve (test = ORACLE, never used to choose; {curve['metric']}, n={curve['n_items']})\n\n"
+        f"mu = 0 (PEFT alone, scoring mode): {pct(curve['at_zero'])}; best on the curve: "
+        f"{pct(curve['best'])} at mu = {num(curve['best_mu'])}; headroom {100 * curve['headroom']:+.2f} points.\n\n"
+    )
+    return head + markdown_table(
+        ["method", "objective", "mu", "test", "diff vs mu=0 [95% CI]", "share of headroom"], rows
+    )
 
 
 def _load(path: str | Path) -> tuple[dict[str, Any], Path]:
@@ -269,6 +298,9 @@ def render_report(
             md += ["", f"### Plots: {TASK_TITLES.get(task, task)} ({label})", ""]
             png, cap = plot_task_bars(task, res, out / f"{prefix}_{task}_bars.png")
             md += [f"![{task}]({png.name})", "", f"*{cap}*", ""]
+            curve = plot_mu_curve(task, res, out / f"{prefix}_{task}_mu_curve.png")
+            if curve:
+                md += [f"![mu curve]({curve[0].name})", "", f"*{curve[1]}*", ""]
             sweep = plot_alpha_sweep(task, res, out / f"{prefix}_{task}_alpha_sweep.png")
             if sweep:
                 md += [f"![alpha sweep]({sweep[0].name})", "", f"*{sweep[1]}*", ""]

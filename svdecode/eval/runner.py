@@ -19,6 +19,7 @@ import numpy as np
 from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.compare import paired_comparisons
+from svdecode.eval.curves import CURVE_TASKS, mu_curve
 from svdecode.eval.judges import Judge
 from svdecode.eval.methods import (
     NOT_IMPLEMENTED,
@@ -118,6 +119,7 @@ def run_eval(
     n_boot: int = 2000,
     progress: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    mu_curves: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` for every method and write ``results.json`` and
     ``results.md`` (atomically) plus per-item caches and calibration mu*_t arrays in ``out_dir``.
@@ -130,6 +132,8 @@ def run_eval(
     every other one is paired against. ``run_info``: free-form facts about the run stored in
     ``config.run_info`` (e.g. ``{"warmstart_fraction": 0.5}`` for the warm-start plot).
     ``max_new_tokens`` defaults to 32 (commonsense) and 50 (TruthfulQA generation).
+    ``mu_curves``: for TruthfulQA MC and commonsense, one more scoring pass over the test items
+    gives the test metric at every strength (the ORACLE curve, :mod:`svdecode.eval.curves`).
     Rerunning with the same arguments resumes from the caches.
     """
     out = Path(out_dir)
@@ -198,6 +202,11 @@ def run_eval(
                 cache_dir=run.cache_dir / "calibration",
             )
         res = _evaluate_task(task, model, items, list(mset), judge, run)
+        if mu_curves and task in CURVE_TASKS:
+            res["mu_curve"] = mu_curve(
+                model, task, items, mset, mc_prompt_style=mc_prompt_style, batch_size=batch_size,
+                max_length=max_length, cache_dir=run.cache_dir, progress=progress, n_boot=n_boot, seed=seed,
+            )  # fmt: skip
         res["methods"] = _method_records(task, mset, out)
         res["paired"] = paired_comparisons(
             task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed

@@ -77,3 +77,23 @@ def n_items(task: str, m: Mapping[str, Any]) -> int:
     if task == "commonsense":
         return int(m.get("micro", {}).get("n", 0))
     return int(m.get("n", 0))
+
+
+def curve_table_rows(curve: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows for the report: one per marked strength."""
+    rows = []
+    for name, m in curve["marks"].items():
+        d = m["diff"]
+        rows.append(
+            [
+                name,
+                m.get("objective") or "-",
+                m["mu"],
+                m["test"],
+                d["diff"],
+                d["lo"],
+                d["hi"],
+                m["share_of_headroom"],
+            ]
+        )
+    return rows
