@@ -177,7 +177,7 @@ def calibrate_streams(
     summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, trim)
     summary.update(
         stats_bytes_per_token=stats.nbytes / max(len(stats), 1),
-        stats_kept_width=int(stats.lp.shape[1]),
+        stats_kept_width=int(stats.kept_width),
         stats_capped_tokens=stats.n_capped,
         objective=objective,
         mu=decision.mu,

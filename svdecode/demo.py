@@ -16,6 +16,7 @@ from pathlib import Path
 
 from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
 from svdecode.eval import run_eval
+from svdecode.eval.choices import calibration_choices
 from svdecode.eval.report import render_report
 from svdecode.train import WarmstartConfig
 from svdecode.train.pipeline import run_pipeline
@@ -42,6 +43,12 @@ class DemoConfig:
     extra: dict = field(default_factory=dict)
 
 
+def _calibration_options(examples) -> dict:
+    """Calibrate the artifact's strength like `svdecode run`: with the examples' label options."""
+    choices, metric = calibration_choices(examples)
+    return {"choices": choices, "choice_metric": metric}
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     """Run the demo; returns the path of the rendered report."""
     out = Path(cfg.out_dir)
@@ -56,6 +63,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         n_train=cfg.n_train,
         n_calib=cfg.n_calib,
         seed=cfg.seed,
+        calibration=_calibration_options,
         source="commonsense:all",
         progress=progress,
     )

@@ -83,10 +83,21 @@ class ChoiceStats:
     stats: TokenStats
     offsets: list[int]
     metric: ItemMetric = choice_accuracy
+    # option scores by scalar strength: the folds' searches revisit the same grid
+    _scores: dict[float, list[float]] = field(default_factory=dict, repr=False)
+
+    def scores(self, mu: float | torch.Tensor) -> list[float]:
+        """Every option's summed steered log-probability at ``mu``."""
+        if isinstance(mu, torch.Tensor):
+            return group_scores(self.stats, mu).tolist()
+        key = float(mu)
+        if key not in self._scores:
+            self._scores[key] = group_scores(self.stats, key).tolist()
+        return self._scores[key]
 
     def item_values(self, mu: float | torch.Tensor, which: Sequence[int] | None = None) -> list[float]:
         """The task metric of each item (or of the items ``which``) at strength ``mu``."""
-        scores = group_scores(self.stats, mu).tolist()
+        scores = self.scores(mu)
         rows = range(len(self.items)) if which is None else which
         return [
             self.metric(self.items[i], scores[self.offsets[i] : self.offsets[i] + len(self.items[i].options)])
@@ -101,24 +112,16 @@ class ChoiceStats:
 # -- fitting ------------------------------------------------------------------------------------
 
 
-def fit(
-    objective: str,
-    stats: TokenStats,
-    choices: ChoiceStats | None,
-    which: Sequence[int] | None = None,
-    trim: float = 0.1,
-) -> float:
-    """The strength ``objective`` picks from ``stats`` (and the choice items ``which``)."""
-    if objective == "nll":
-        return minimise_nll(stats).mu
-    if objective == "task":
-        if choices is None:
-            raise ValueError("objective 'task' needs multiple-choice calibration items (choices=...)")
-        anchors = [minimise_nll(stats).mu, *(paper_estimate(stats, e, trim) for e in ESTIMATORS)]
-        return maximise(lambda m: choices.value(m, which), search_grid(anchors))[0]
-    if objective in ESTIMATORS:
-        return paper_estimate(stats, objective, trim)
-    raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+def fit_all(
+    stats: TokenStats, choices: ChoiceStats | None, which: Sequence[int] | None = None, trim: float = 0.1
+) -> dict[str, float]:
+    """The strength every objective picks from ``stats`` (and the choice items ``which``); the task
+    search is anchored at the others' strengths, so it always considers them."""
+    out = {"nll": minimise_nll(stats).mu, **{e: paper_estimate(stats, e, trim) for e in ESTIMATORS}}
+    if choices is not None:
+        grid = search_grid(list(out.values()))
+        out["task"] = maximise(lambda m: choices.value(m, which), grid)[0]
+    return {o: out[o] for o in OBJECTIVES if o in out}
 
 
 def confidence_edges(stats: TokenStats, bins: int) -> list[float]:
@@ -211,16 +214,19 @@ class CrossValidation:
 
 
 def cross_validate(
-    objective: str, splits: Sequence[Split], choices: ChoiceStats | None, trim: float = 0.1
-) -> CrossValidation:
-    mus, gains = [], []
+    splits: Sequence[Split], choices: ChoiceStats | None, trim: float = 0.1
+) -> dict[str, CrossValidation]:
+    """Every objective's per-fold strengths (fitted on the other folds) and held-out gains."""
+    judge = "task" if choices is not None else "nll"
+    per: dict[str, CrossValidation] = {}
     for sp in splits:
         if len(sp.train) == 0:
             continue
-        mu = fit(objective, sp.train, choices, sp.train_items, trim)
-        mus.append(mu)
-        gains.append(_held_gain(sp, choices, mu))
-    return CrossValidation(mus, gains, "task" if choices is not None else "nll")
+        for objective, mu in fit_all(sp.train, choices, sp.train_items, trim).items():
+            cv = per.setdefault(objective, CrossValidation([], [], judge))
+            cv.mus.append(mu)
+            cv.gains.append(_held_gain(sp, choices, mu))
+    return per
 
 
 def cross_validate_binned(
@@ -277,12 +283,11 @@ def choose_strength(
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     if objective == "task" and choices is None:
         raise ValueError("objective 'task' needs multiple-choice calibration items (choices=...)")
-    names = [o for o in OBJECTIVES if o != "task" or choices is not None]
-    estimates = {o: fit(o, stats, choices, None, trim) for o in names}
+    estimates = fit_all(stats, choices, None, trim)
     n_items = len(set(group_ids) | ({c.id for c in choices.items} if choices else set()))
     k = min(folds, n_items)
     splits = make_splits(stats, group_ids, choices, k, seed) if k >= 2 else []
-    cv = {o: cross_validate(o, splits, choices, trim) for o in names} if splits else {}
+    cv = cross_validate(splits, choices, trim) if splits else {}
     chosen = cv.get(objective)
     if not guard:
         decision = {

@@ -46,15 +46,17 @@ DIRECTION_OF = {"svdecode": "kl_gradient", "logit_arithmetic": "logit_difference
 
 @dataclass
 class TokenStats:
-    """Per target token, what CE_t(mu) needs (module docstring). N tokens, C stored kept entries.
+    """Per target token, what CE_t(mu) needs (module docstring), for N tokens.
 
-    ``group`` numbers the scored sequence (a (prompt, answer) pair) each token belongs to;
-    ``observable`` is log max_i p_phi(i) (the adapted model's confidence); ``num``/``den`` are the
-    paper's mu*_t pieces on the full kept set.
+    The stored kept entries are ragged: entry e belongs to token ``row[e]`` (a flat layout costs
+    the sum of the kept-set sizes, not N times the largest). ``group`` numbers the scored sequence
+    (a (prompt, answer) pair) each token belongs to; ``observable`` is log max_i p_phi(i) (the
+    adapted model's confidence); ``num``/``den`` are the paper's mu*_t pieces on the full kept set.
     """
 
-    lp: torch.Tensor  # [N, C] log p_phi of the stored kept entries (-inf padding)
-    d: torch.Tensor  # [N, C] direction on those entries (0 padding)
+    lp: torch.Tensor  # [E] log p_phi of the stored kept entries
+    d: torch.Tensor  # [E] direction on those entries
+    row: torch.Tensor  # [E] long: the token each entry belongs to
     rest: torch.Tensor  # [N] log of the probability mass not stored (-inf if none)
     lp_gold: torch.Tensor  # [N] log p_phi(y)
     d_gold: torch.Tensor  # [N] d_y (0 when y is not stored)
@@ -65,47 +67,56 @@ class TokenStats:
     gold_kept: torch.Tensor  # [N] bool
     n_capped: int = 0  # tokens whose kept set exceeded the cap
     n_groups: int = 0
-    _packed: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _f64: tuple[torch.Tensor, ...] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.lp_gold.shape[0])
 
     @property
     def nbytes(self) -> int:
-        return sum(getattr(self, name).nbytes for name in _COLUMNS)
+        return sum(getattr(self, name).nbytes for name in (*_ENTRY_COLUMNS, *_TOKEN_COLUMNS))
+
+    @property
+    def kept_width(self) -> int:
+        """The largest number of stored entries of one token."""
+        return int(torch.bincount(self.row, minlength=1).max()) if self.row.numel() else 0
 
     def select_groups(self, groups: torch.Tensor) -> TokenStats:
         """The tokens of the given groups (group ids kept as they are)."""
-        keep = torch.isin(self.group, groups)
-        return self.take(keep)
+        return self.take(torch.isin(self.group, groups))
 
     def take(self, keep: torch.Tensor) -> TokenStats:
-        return replace(self, **{name: getattr(self, name)[keep] for name in _COLUMNS}, _packed=None)
+        """The tokens where the [N] bool ``keep`` is true (their entries renumbered)."""
+        new_index = torch.cumsum(keep.long(), 0) - 1
+        entries = keep[self.row]
+        cols = {name: getattr(self, name)[keep] for name in _TOKEN_COLUMNS}
+        cols.update(lp=self.lp[entries], d=self.d[entries], row=new_index[self.row[entries]])
+        return replace(self, **cols, _f64=None)
 
     @staticmethod
     def concat(parts: Sequence[TokenStats]) -> TokenStats:
-        """Join statistics of consecutive batches; group ids are offset so they stay unique."""
+        """Join statistics of consecutive batches; rows and group ids are offset to stay unique."""
         if not parts:
             raise ValueError("no statistics to join")
-        width = max(p.lp.shape[1] for p in parts)
-        offset, cols = 0, {name: [] for name in _COLUMNS}
+        cols: dict[str, list[torch.Tensor]] = {name: [] for name in (*_ENTRY_COLUMNS, *_TOKEN_COLUMNS)}
+        groups = rows = 0
         for p in parts:
-            pad = width - p.lp.shape[1]
-            cols["lp"].append(torch.nn.functional.pad(p.lp, (0, pad), value=-math.inf))
-            cols["d"].append(torch.nn.functional.pad(p.d, (0, pad)))
-            cols["group"].append(p.group + offset)
             for name in cols:
-                if name not in ("lp", "d", "group"):
-                    cols[name].append(getattr(p, name))
-            offset += p.n_groups
+                value = getattr(p, name)
+                cols[name].append(
+                    value + rows if name == "row" else value + groups if name == "group" else value
+                )
+            groups += p.n_groups
+            rows += len(p)
         return TokenStats(
             **{k: torch.cat(v) for k, v in cols.items()},
             n_capped=sum(p.n_capped for p in parts),
-            n_groups=offset,
+            n_groups=groups,
         )
 
 
-_COLUMNS = ("lp", "d", "rest", "lp_gold", "d_gold", "group", "observable", "num", "den", "gold_kept")
+_ENTRY_COLUMNS = ("lp", "d", "row")
+_TOKEN_COLUMNS = ("rest", "lp_gold", "d_gold", "group", "observable", "num", "den", "gold_kept")
 
 
 def token_stats(
@@ -135,27 +146,25 @@ def token_stats(
     tgt = targets.long().unsqueeze(-1)
     num = d_full.gather(-1, tgt).squeeze(-1) - (p * d_full).sum(-1)
     den = (d_full * d_full).sum(-1)
-    width = min(cap, int(keep.sum(-1).max()) if keep.numel() else 1)
-    masked_lp = logp.masked_fill(~keep, -math.inf)
-    lp_top, idx = masked_lp.topk(max(width, 1), dim=-1)
+    n_kept = keep.sum(-1)
+    width = max(1, min(cap, int(n_kept.max()) if keep.numel() else 1))
+    lp_top, idx = logp.masked_fill(~keep, -math.inf).topk(width, dim=-1)
     stored = torch.isfinite(lp_top)
-    d_top = d_full.gather(-1, idx) * stored
     in_store = torch.zeros_like(keep).scatter_(-1, idx, stored)
-    rest = logp.masked_fill(in_store, -math.inf).logsumexp(-1)
-    gold_stored = in_store.gather(-1, tgt).squeeze(-1)
     n = targets.shape[0]
     return TokenStats(
-        lp=lp_top,
-        d=d_top,
-        rest=rest,
+        lp=lp_top[stored],
+        d=d_full.gather(-1, idx)[stored],
+        row=torch.arange(n).unsqueeze(-1).expand_as(idx)[stored],
+        rest=logp.masked_fill(in_store, -math.inf).logsumexp(-1),
         lp_gold=logp.gather(-1, tgt).squeeze(-1),
-        d_gold=d_full.gather(-1, tgt).squeeze(-1) * gold_stored,
+        d_gold=d_full.gather(-1, tgt).squeeze(-1) * in_store.gather(-1, tgt).squeeze(-1),
         group=group if group is not None else torch.zeros(n, dtype=torch.long),
         observable=logp.amax(-1),
         num=num,
         den=den,
         gold_kept=keep.gather(-1, tgt).squeeze(-1),
-        n_capped=int((keep.sum(-1) > width).sum()),
+        n_capped=int((n_kept > width).sum()),
         n_groups=int(group.max()) + 1 if group is not None and group.numel() else 1,
     )
 
@@ -171,27 +180,30 @@ def _as_mu(mu: float | torch.Tensor, n: int) -> torch.Tensor:
     return m
 
 
-def _packed(stats: TokenStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp64 [N, C+1] log p_phi and d with the rest as a last, unsteered column (built once)."""
-    if stats._packed is None:
-        lp = torch.cat([stats.lp.double(), stats.rest.double().unsqueeze(-1)], dim=-1)
-        d = torch.nn.functional.pad(stats.d.double(), (0, 1))
-        stats._packed = (lp, d)
-    return stats._packed
+def _f64(stats: TokenStats) -> tuple[torch.Tensor, ...]:
+    """fp64 copies of the columns the objective reads (built once per statistics object)."""
+    if stats._f64 is None:
+        stats._f64 = tuple(t.double() for t in (stats.lp, stats.d, stats.rest, stats.lp_gold, stats.d_gold))
+    return stats._f64
 
 
-def _steered(stats: TokenStats, mu: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[N, C+1] steered log-weights and d (stored entries, then the rest), and [N] log-partition."""
-    lp, d = _packed(stats)
-    m = _as_mu(mu, len(stats))
-    z = lp + (m.unsqueeze(-1) if m.ndim else m) * d
-    return z, d, z.logsumexp(-1)
+def _log_partition(stats: TokenStats, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per entry: steered log-weight z_e and d_e (fp64); per token: log Z_t (the rest unsteered)."""
+    lp, d, rest, _, _ = _f64(stats)
+    z = lp + (mu[stats.row] if mu.ndim else mu) * d
+    # log-sum-exp per token, shifted by its largest term (any shift is exact: no gradient needed)
+    top = rest.scatter_reduce(0, stats.row, z.detach(), reduce="amax")
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = (rest - top).exp().index_add(0, stats.row, (z - top[stats.row]).exp())
+    return z, d, top + total.log()
 
 
 def token_logprob(stats: TokenStats, mu: float | torch.Tensor) -> torch.Tensor:
     """[N] steered log-probability of each gold token: -CE_t(mu) (fp64)."""
-    _, _, logz = _steered(stats, mu)
-    return stats.lp_gold.double() + _as_mu(mu, len(stats)) * stats.d_gold.double() - logz
+    m = _as_mu(mu, len(stats))
+    _, _, logz = _log_partition(stats, m)
+    _, _, _, lp_gold, d_gold = _f64(stats)
+    return lp_gold + m * d_gold - logz
 
 
 def nll(stats: TokenStats, mu: float | torch.Tensor) -> float:
@@ -201,12 +213,16 @@ def nll(stats: TokenStats, mu: float | torch.Tensor) -> float:
 
 def nll_derivatives(stats: TokenStats, mu: float) -> tuple[float, float, float]:
     """(L, L', L'') at a scalar mu (module docstring)."""
-    z, d, logz = _steered(stats, mu)
-    w = z.sub_(logz.unsqueeze(-1)).exp_()
-    mean = (w * d).sum(-1)
-    var = (w * d * d).sum(-1) - mean * mean
-    lp = stats.lp_gold.double() + mu * stats.d_gold.double() - logz
-    return float(-lp.sum()), float((mean - stats.d_gold.double()).sum()), float(var.clamp_min(0).sum())
+    m = _as_mu(mu, len(stats))
+    z, d, logz = _log_partition(stats, m)
+    w = (z - logz[stats.row]).exp()
+    n = len(stats)
+    mean = torch.zeros(n, dtype=torch.float64).index_add_(0, stats.row, w * d)
+    second = torch.zeros(n, dtype=torch.float64).index_add_(0, stats.row, w * d * d)
+    _, _, _, lp_gold, d_gold = _f64(stats)
+    lp = lp_gold + m * d_gold - logz
+    var = (second - mean * mean).clamp_min(0)
+    return float(-lp.sum()), float((mean - d_gold).sum()), float(var.sum())
 
 
 def group_scores(stats: TokenStats, mu: float | torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ def test_minimiser_converges_to_1e6_from_either_side_and_reports_unbounded():
     zb = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0, 1.0]] * 3, dtype=torch.float64)
     y = torch.zeros(3, dtype=torch.long)
     stats = token_stats(za, zb, y, alpha=0.5)
-    assert stats.lp.shape[1] == 1 and vocab == za.shape[1]
+    assert stats.kept_width == 1 and vocab == za.shape[1]
     m = minimise_nll(stats, limit=10.0)
     assert m.unbounded and abs(m.mu) == pytest.approx(10.0)
     assert m.nll < m.nll_at_zero
@@ -126,7 +126,7 @@ def test_minimiser_converges_to_1e6_from_either_side_and_reports_unbounded():
 def test_cap_counts_tokens_and_stays_consistent():
     za, zb, y = logits(n=20, vocab=50, seed=2, scale=0.3)  # flat: many tokens kept
     stats = token_stats(za, zb, y, alpha=0.1, cap=4)
-    assert stats.n_capped > 0 and stats.lp.shape[1] == 4
+    assert stats.n_capped > 0 and stats.kept_width == 4
     # mu = 0 is exact whatever the cap: nothing is steered
     assert torch.allclose(token_logprob(stats, 0.0), full_logprob(za, zb, y, 0.0, 0.1), atol=1e-6)
     full = token_stats(za, zb, y, alpha=0.1, cap=64)
