@@ -164,6 +164,25 @@ def test_combine_rows_equals_the_scalar_combine_of_each_row():
         combine_rows(z_phi, z_theta, rows[:2])
 
 
+def test_combine_rows_applies_calibrated_binned_strengths_per_row():
+    gen = torch.Generator().manual_seed(1)
+    z_phi, z_theta = (torch.randn(4, 1, 50, generator=gen) * 3 for _ in range(2))
+    bins = ((-2.0,), (-3.0, 1.5))
+    rows = [
+        RowSteering("svdecode", 0.0, 0.1, float("-inf"), bins),
+        RowSteering("svdecode", -4.0, 0.1, float("-inf")),
+    ] * 2
+    got = combine_rows(z_phi, z_theta, rows)
+    obs = torch.log_softmax(z_phi[0::2], -1).amax(-1, keepdim=True)
+    mu = torch.where(obs >= -2.0, torch.tensor(1.5), torch.tensor(-3.0))
+    torch.testing.assert_close(
+        got[0::2], steering.steer_logits(z_phi[0::2], z_theta[0::2], mu), rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(
+        got[1::2], steering.steer_logits(z_phi[1::2], z_theta[1::2], -4.0), rtol=0, atol=1e-6
+    )
+
+
 def test_held_back_text_waits_for_partial_characters_and_stop_prefixes():
     assert _held_back("abc\ufffd\ufffd", []) == 2
     assert _held_back("hello wo", ["world"]) == 2

@@ -73,7 +73,7 @@ class OpenAIServer:
         self.created = int(time.time())
         s, name = model.steering, settings.model_name
         self.variants = {
-            name: RowSteering(s.method, float(s.mu), float(s.alpha), s.lam),
+            name: RowSteering(s.method, float(s.mu), float(s.alpha), s.lam, RowSteering.bins_of(s.mu_bins)),
             name + ADAPTER_SUFFIX: RowSteering("adapted", 0.0, float(s.alpha), s.lam),
             name + BASE_SUFFIX: RowSteering("base", 0.0, float(s.alpha), s.lam),
         }
@@ -121,6 +121,8 @@ class OpenAIServer:
                         field,
                     )
             return variant
+        if body.mu is None and body.alpha is None:
+            return variant  # the calibrated settings, confidence-binned strengths included
         mu = variant.mu if body.mu is None else body.mu
         alpha = variant.alpha if body.alpha is None else body.alpha
         return RowSteering(variant.method, mu, alpha, variant.lam)

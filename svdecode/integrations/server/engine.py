@@ -53,13 +53,24 @@ class RowSteering:
     mu: float
     alpha: float
     lam: float | None
+    # calibrated confidence-binned strengths ((edges...), (mu...)), used instead of ``mu``
+    bins: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @staticmethod
+    def bins_of(mu_bins: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (tuple(mu_bins["edges"]), tuple(mu_bins["mu"])) if mu_bins else None
 
 
-def _combine(z_phi: torch.Tensor, z_theta: torch.Tensor, method: str, mu: Any, alpha: float, lam: Any):
+def _combine(
+    z_phi: torch.Tensor, z_theta: torch.Tensor, method: str, mu: Any, alpha: float, lam: Any, bins=None
+):
     # SteeredModel.combine's own dispatch with these settings in place of the model's, so every
     # row gets exactly what SteeredModel computes for it.
-    settings = SimpleNamespace(steering=SimpleNamespace(method=method, mu=mu, alpha=alpha, lam=lam))
-    return SteeredModel.combine(settings, z_phi, z_theta)
+    mu_bins = (
+        {"observable": "log_max_p_adapted", "edges": list(bins[0]), "mu": list(bins[1])} if bins else None
+    )
+    steering = SimpleNamespace(method=method, mu=mu, alpha=alpha, lam=lam, mu_bins=mu_bins)
+    return SteeredModel.combine(SimpleNamespace(steering=steering), z_phi, z_theta)
 
 
 def combine_rows(z_phi: torch.Tensor, z_theta: torch.Tensor, rows: Sequence[RowSteering]) -> torch.Tensor:
@@ -69,16 +80,16 @@ def combine_rows(z_phi: torch.Tensor, z_theta: torch.Tensor, rows: Sequence[RowS
         raise ValueError(f"{len(rows)} row settings for a batch of {z_phi.shape[0]} rows")
     if len(set(rows)) == 1:
         r = rows[0]
-        return _combine(z_phi, z_theta, r.method, r.mu, r.alpha, r.lam)
+        return _combine(z_phi, z_theta, r.method, r.mu, r.alpha, r.lam, r.bins)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
-        groups.setdefault((r.method, r.alpha, r.lam), []).append(i)
+        groups.setdefault((r.method, r.alpha, r.lam, r.bins), []).append(i)
     out = torch.empty(z_phi.shape, dtype=torch.float32, device=z_phi.device)
-    for (method, alpha, lam), idx in groups.items():
+    for (method, alpha, lam, bins), idx in groups.items():
         sel = torch.tensor(idx, device=z_phi.device)
         mu = torch.tensor([rows[i].mu for i in idx], dtype=torch.float32, device=z_phi.device)
         mu = mu.view(-1, *([1] * (z_phi.dim() - 1)))  # broadcast over positions and vocabulary
-        out[sel] = _combine(z_phi[sel], z_theta[sel], method, mu, alpha, lam)
+        out[sel] = _combine(z_phi[sel], z_theta[sel], method, mu, alpha, lam, bins)
     return out
 
 
