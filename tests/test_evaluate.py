@@ -716,8 +716,12 @@ def test_mu_curve_marks_equal_direct_scoring_and_headroom_is_oracle(tmp_path, mo
         ) / len(MC_ITEMS)
 
     assert curve["at_zero"] == pytest.approx(mc_avg("peft"), abs=1e-6)
-    assert set(curve["marks"]) == set(names) - {"peft"}
+    estimates = res["methods"]["peft+svdecode"]["calibration"]["estimates"]
+    assert set(curve["marks"]) == (set(names) - {"peft"}) | {f"objective={o}" for o in estimates}
     for name, mark in curve["marks"].items():
+        if name not in res["methods"]:  # an objective marked from the calibration's estimates alone
+            assert mark["mu"] == estimates[mark["objective"]]
+            continue
         assert mark["mu"] == res["methods"][name]["mu"]
         assert mark["test"] == pytest.approx(mc_avg(name), abs=1e-6)
     assert curve["best"] == max(curve["test"]) and curve["headroom"] == pytest.approx(

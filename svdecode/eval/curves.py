@@ -88,7 +88,8 @@ def mu_curve(
         specs[0] if specs[0].name == "peft+svdecode" else next(s for s in specs if s.name == "peft+svdecode")
     )
     choices, metric = test_choices(task, items, mc_prompt_style)
-    grid = search_grid([s.mu for s in specs], limit=1e3, per_decade=6)
+    estimates = list((main.calibration.get("estimates") or {}).values())
+    grid = search_grid([s.mu for s in specs] + estimates, limit=1e3, per_decade=6)
     key = short_hash(
         {
             "task": task,
@@ -114,6 +115,14 @@ def mu_curve(
     best = max(range(len(grid)), key=lambda i: (test[i], -abs(grid[i])))
     headroom = test[best] - sum(zero) / len(zero)
     marks = {s.name: _mark(s, cs, zero, headroom, n_boot, seed) for s in specs}
+    # every objective's own (unguarded) strength from the main calibration, unless a spec has it
+    shown = {(m["objective"], m["mu"]) for m in marks.values()}
+    for objective, mu in (main.calibration.get("estimates") or {}).items():
+        if (objective, mu) not in shown and f"objective={objective}" not in marks:
+            raw = MethodSpec(
+                f"objective={objective}", "svdecode", mu=mu, alpha=main.alpha, estimator=objective
+            )
+            marks[raw.name] = _mark(raw, cs, zero, headroom, n_boot, seed)
     out = {
         "oracle": "the test curve is the ORACLE: reported, never used to choose a strength",
         "metric": "MC average (MC1+MC2+MC3)/3"
