@@ -12,7 +12,7 @@ import copy
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,18 @@ from tqdm.auto import tqdm
 from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from svdecode import steering
+from svdecode import rundir, steering
 from svdecode.calibration import CalibrationResult, calibrate_streams
+from svdecode.checks import (
+    POSITIVE_INT,
+    check,
+    check_generation,
+    context_size,
+    existing_dir,
+    fit_context,
+)
 from svdecode.config import CONFIG_NAME, SteeringConfig
+from svdecode.errors import InputError
 from svdecode.kv_cache import StreamCache
 from svdecode.models import load_base, load_peft, load_tokenizer
 from svdecode.scoring import batches, encode_pairs, split_pairs
@@ -76,6 +85,9 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         self.wrapped = nn.ModuleList(streams.modules)
         self.steering = steering_config or SteeringConfig()
         self.tokenizer = tokenizer
+        # The content hash of the adapter folder this model was loaded from (rundir.adapter_digest):
+        # save_pretrained writes only the steering settings into a folder that already holds it.
+        self.adapter_digest: str | None = None
         gen_cfg = getattr(streams.modules[0], "generation_config", None)
         if gen_cfg is not None:
             self.generation_config = copy.deepcopy(gen_cfg)
@@ -134,18 +146,21 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         dtype: str | torch.dtype | None = torch.float32,
         device: str | torch.device | None = None,
         device_map: str | dict[str, Any] | None = None,
+        force: bool = False,
     ) -> SteeredModel:
         """Restore base model + adapter + steering settings saved by :meth:`save_pretrained`.
 
         ``dtype`` (``"bfloat16"``, ``torch.float16``, ``"auto"``, ...) is the weights' dtype, the
         steering math stays fp32; ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``, ``"auto"``) or
-        ``device_map`` (passed to transformers) place the weights.
+        ``device_map`` (passed to transformers) place the weights. The base must match the
+        fingerprint the warm-start recorded; ``force=True`` loads the adapter onto it anyway.
         """
-        directory = Path(directory)
+        directory = existing_dir(directory, "steered model directory")
         cfg = SteeringConfig.load(directory)
         place = dict(dtype=dtype, device=device, device_map=device_map)
         if (directory / "adapter_config.json").is_file():
-            peft_model = load_peft(directory, base if base is not None else cfg.base_model, **place)
+            base_arg = base if base is not None else cfg.base_model
+            peft_model = load_peft(directory, base_arg, force=force, **place)
             has_tok = (directory / "tokenizer_config.json").is_file()
             tok = load_tokenizer(
                 str(directory) if has_tok else peft_model.active_peft_config.base_model_name_or_path
@@ -163,26 +178,84 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             raise FileNotFoundError(
                 f"{directory} has {CONFIG_NAME} but neither adapter_config.json nor an adapted_model entry"
             )
-        return cls(streams, cfg, tok)
+        model = cls(streams, cfg, tok)
+        model.adapter_digest = rundir.adapter_digest(directory)
+        return model
 
-    def save_pretrained(self, directory: str | Path, **_: Any) -> Path:  # type: ignore[override]
-        """Write adapter, tokenizer and ``steering_config.json``; the config goes last, so a
-        directory is only loadable once everything is in place."""
+    def save_pretrained(  # type: ignore[override]
+        self,
+        directory: str | Path,
+        *,
+        overwrite: bool = False,
+        request: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> Path:
+        """Write adapter, tokenizer and ``steering_config.json`` (last, so a directory is only
+        loadable once everything is in place) and record the calibration stage in its run
+        manifest (:mod:`svdecode.rundir`), under the directory's lock.
+
+        A directory that holds the adapter this model was loaded from gets only the new steering
+        settings. One that holds another run (another adapter, an evaluation) or was written by an
+        older svdecode is refused unless ``overwrite=True``, which removes that run's files first
+        and names them. ``request``: what the calibration was asked, for the manifest (default:
+        the steering settings).
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"output directory {str(directory)!r} is a file, not a directory")
+        with rundir.locked(directory):
+            write_adapter = self._claim(directory, overwrite)
+            directory.mkdir(parents=True, exist_ok=True)
+            written = self._write_weights(directory, write_adapter)
+            self.steering.library_version = _version()
+            path = self.steering.save(directory)
+            settings = {k: getattr(self.steering, k) for k in ("alpha", "lam", "method", "estimator")}
+            rundir.record_stage(
+                directory, "calibration", request or {"settings": settings}, [CONFIG_NAME, *written]
+            )
+            self.adapter_digest = rundir.adapter_digest(directory)
+        return path
+
+    def _claim(self, directory: Path, overwrite: bool) -> bool:
+        """Whether the adapter must be written into ``directory``; refuses (or with ``overwrite``
+        clears) a directory that belongs to another run."""
+        target = rundir.adapter_digest(directory)
+        own = target is not None and target == self.adapter_digest
+        manifest = rundir.read_manifest(directory) if directory.is_dir() else None
+        reason = None
+        if target is not None and not own:
+            reason = "holds another adapter (another run's)"
+        elif manifest is not None and "evaluation" in manifest["stages"]:
+            reason = "holds an evaluation"
+        elif rundir.is_legacy(directory):
+            reason = f"was written by an older svdecode (no {rundir.MANIFEST_NAME})"
+        if reason is None:
+            return target is None
+        if not overwrite:
+            raise rundir.RunDirError(f"{directory} {reason}; {rundir.OVERWRITE_HINT}")
+        if own:  # an older folder of this very adapter: keep the adapter, replace the rest
+            return False
+        rundir.remove_outputs(directory, f"--overwrite: {directory} {reason}")
+        return True
+
+    def _write_weights(self, directory: Path, write_adapter: bool) -> list[str]:
+        """Adapter (when asked) and tokenizer (when missing) through a temporary folder."""
+        written = []
         with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
             tmp_path = Path(tmp)
-            if hasattr(self.wrapped[0], "peft_config"):
+            if write_adapter and hasattr(self.wrapped[0], "peft_config"):
                 self.wrapped[0].save_pretrained(tmp_path)
-            if self.tokenizer is not None:
+            if self.tokenizer is not None and (
+                write_adapter or not (directory / "tokenizer_config.json").is_file()
+            ):
                 self.tokenizer.save_pretrained(tmp_path)
-            for item in tmp_path.iterdir():
+            for item in sorted(tmp_path.iterdir()):
                 target = directory / item.name
                 if target.is_dir():
                     shutil.rmtree(target)
                 item.replace(target)
-        self.steering.library_version = _version()
-        return self.steering.save(directory)
+                written.append(item.name)
+        return written
 
     # -- the steered distribution --------------------------------------------------------------
     def combine(self, z_phi: torch.Tensor, z_theta: torch.Tensor) -> torch.Tensor:
@@ -236,23 +309,118 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             raise ValueError("this SteeredModel has no tokenizer; pass tokenizer= when building it")
         return self.tokenizer
 
+    # -- input checks ----------------------------------------------------------------------------
+    def context_room(self) -> int | None:
+        """How many tokens of input and output fit the model's positions (None: no limit known);
+        prompt-learning adapters' virtual tokens take positions too."""
+        size = context_size(self.config)
+        if size is None:
+            return None
+        peft_cfg = getattr(self.wrapped[0], "active_peft_config", None)
+        virtual = (
+            getattr(peft_cfg, "num_virtual_tokens", 0)
+            if getattr(peft_cfg, "is_prompt_learning", False)
+            else 0
+        )
+        return size - (virtual or 0)
+
+    def _new_tokens(self, kwargs: Mapping[str, Any]) -> int:
+        gen_cfg = kwargs.get("generation_config") or self.generation_config
+        return kwargs.get("max_new_tokens") or getattr(gen_cfg, "max_new_tokens", None) or 0
+
+    def generate(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """``GenerationMixin.generate`` after checking its parameters against the ranges
+        transformers defines and the prompt length against the model's context."""
+        check_generation(kwargs)
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        room = self.context_room()
+        if room is not None and isinstance(ids, torch.Tensor) and ids.ndim == 2:
+            new = self._new_tokens(kwargs)
+            if ids.shape[1] + new > room:
+                raise InputError(
+                    f"the input has {ids.shape[1]} tokens and {new} new ones are asked for, more than the "
+                    f"model's context of {room} tokens; shorten the input or lower max_new_tokens"
+                )
+        return super().generate(*args, **kwargs)
+
     # -- text-level helpers ----------------------------------------------------------------------
-    def generate_text(
-        self, prompts: Sequence[str], batch_size: int = 8, progress: bool = False, **generate_kwargs: Any
-    ) -> list[str]:
-        """Generate continuations for ``prompts`` (left-padded batches); returns only new text."""
+    def encode_prompts(
+        self, prompts: Sequence[str], max_new_tokens: int = 0, truncate: bool = False
+    ) -> list[list[int]]:
+        """Token ids of each prompt, checked against the context (``truncate``: keep each one's
+        last tokens instead of refusing); an empty prompt starts from the BOS (else EOS) token."""
         tok = self._require_tokenizer()
+        room = self.context_room()
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        rows = []
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt {i + 1} must be a string, got {type(prompt).__name__}")
+            ids = tok(prompt).input_ids
+            if not ids:
+                if start is None:
+                    raise InputError(
+                        f"prompt {i + 1} is empty and the tokenizer has no BOS/EOS token to start from"
+                    )
+                log.warning(
+                    "prompt %d is empty: generating from the start token %r",
+                    i + 1,
+                    tok.convert_ids_to_tokens(start),
+                )
+                ids = [start]
+            if room is not None:
+                ids = fit_context(ids, room - max_new_tokens, f"prompt {i + 1}", truncate)
+            rows.append(ids)
+        return rows
+
+    def generate_text(
+        self,
+        prompts: Sequence[str],
+        batch_size: int = 8,
+        progress: bool = False,
+        truncate: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Generate continuations for ``prompts`` (left-padded batches); returns only new text.
+
+        Prompts longer than the model's context (less ``max_new_tokens``) are refused, or with
+        ``truncate=True`` cut to their last tokens; an empty prompt starts from the BOS token."""
+        check("batch_size", batch_size, POSITIVE_INT)
+        check_generation(generate_kwargs)
+        tok = self._require_tokenizer()
+        rows = self.encode_prompts(prompts, self._new_tokens(generate_kwargs), truncate)
         tok.padding_side = "left"
         generate_kwargs.setdefault("pad_token_id", tok.pad_token_id)
         if "stop_strings" in generate_kwargs:
             generate_kwargs.setdefault("tokenizer", tok)
         outputs: list[str] = []
-        for sl in tqdm(list(batches(len(prompts), batch_size)), desc="generating", disable=not progress):
-            enc = tok(list(prompts[sl]), return_tensors="pt", padding=True).to(self.device)
+        for sl in tqdm(list(batches(len(rows), batch_size)), desc="generating", disable=not progress):
+            enc = tok.pad({"input_ids": rows[sl]}, padding=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 out = self.generate(**enc, **generate_kwargs)
             outputs.extend(tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True))
         return outputs
+
+    def _check_pairs(self, prompts: Sequence[str], answers: Sequence[str], max_length: int | None) -> None:
+        """Refuse (prompt, answer) pairs longer than the model's context unless ``max_length``
+        (which cuts prompts from the left) makes them fit."""
+        check("max_length", max_length, POSITIVE_INT, optional=True)
+        room = self.context_room()
+        if room is None:
+            return
+        if max_length is not None:
+            if max_length > room:
+                raise InputError(f"max_length={max_length} exceeds the model's context of {room} tokens")
+            return
+        tok = self._require_tokenizer()
+        p_len = [len(x) for x in tok(list(prompts)).input_ids] if prompts else []
+        a_len = [len(x) for x in tok(list(answers), add_special_tokens=False).input_ids] if answers else []
+        for i, (p, a) in enumerate(zip(p_len, a_len, strict=True)):
+            if p + a > room:
+                raise InputError(
+                    f"pair {i + 1}: prompt and answer have {p + a} tokens, more than the model's context of "
+                    f"{room}; pass max_length (prompts are then cut from the left)"
+                )
 
     def score(
         self,
@@ -269,6 +437,8 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         for multiple-choice scoring, and report which one was used.
         """
         tok = self._require_tokenizer()
+        check("batch_size", batch_size, POSITIVE_INT)
+        self._check_pairs(prompts, answers, max_length)
         out: list[torch.Tensor] = []
         for sl in tqdm(list(batches(len(prompts), batch_size)), desc="scoring", disable=not progress):
             batch = encode_pairs(tok, prompts[sl], answers[sl], max_length=max_length)
@@ -292,6 +462,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         """Calibrate mu_bar on labelled pairs: ``(prompt, answer)`` tuples or objects with
         ``.prompt``/``.answer`` (e.g. :class:`svdecode.data.Example`). Sets ``steering.mu``."""
         prompts, answers = split_pairs(pairs)
+        self._check_pairs(prompts, answers, max_length)
         result = calibrate_streams(
             self.streams,
             self._require_tokenizer(),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from svdecode.fingerprint import base_fingerprint
 from svdecode.train.checkpoints import (
     CHECKPOINT_DIR,
     FORMAT_VERSION,
@@ -42,7 +43,7 @@ from svdecode.train.config import (
     validate,
 )
 from svdecode.train.examples import LazyExamples, LengthScan, PadCollator, pad_id, scan_examples
-from svdecode.train.fingerprint import base_fingerprint, model_name
+from svdecode.train.fingerprint import model_name
 from svdecode.train.peft_setup import check_model, init_prefix, peft_config, precision_of
 from svdecode.versions import dependency_versions
 
