@@ -58,6 +58,7 @@ KNOWN_NAMES = frozenset(
         "results.md",
         "cache",
         "token_mu",
+        "checkpoints",
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",

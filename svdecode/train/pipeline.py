@@ -2,7 +2,9 @@
 
 One output folder holds everything: the warm-started adapter with its tokenizer, split manifest
 and training log (written by :mod:`svdecode.train`), then ``steering_config.json`` with mu_bar
-and the calibration statistics. A stage whose output is complete is skipped on a rerun.
+and the calibration statistics, and the run manifest (:mod:`svdecode.rundir`) recording what
+each stage was asked. A rerun reuses a finished stage only when it was asked the same; otherwise
+it stops, naming the difference, unless ``overwrite`` (which redoes every stage).
 """
 
 from __future__ import annotations
@@ -12,11 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from svdecode import rundir
+from svdecode.checks import POSITIVE_INT, SEED, UNIT_INTERVAL, check, check_model_source
 from svdecode.config import CONFIG_NAME
-from svdecode.data import Example, Splits, make_splits, splits_from_manifest
+from svdecode.data import Example, Splits, make_splits
+from svdecode.errors import InputError
 from svdecode.steered_model import SteeredModel
-from svdecode.train import WarmstartConfig, is_complete, load_adapter, read_info, warmstart
+from svdecode.steering import ESTIMATORS
+from svdecode.train.checkpoints import REUSE_IGNORED, partial_dir, warmstart_request
+from svdecode.train.config import WarmstartConfig, WarmstartError, validate
+from svdecode.train.trainer import warmstart
 
 log = logging.getLogger("svdecode")
 
@@ -42,6 +51,35 @@ def split_pool(
     return make_splits(pool, n_calib=n_calib, n_test=n_test or 0, n_train=n_train, seed=seed)
 
 
+def _check_sizes(n_train: Any, n_calib: Any, n_test: Any) -> None:
+    """Counts are ints >= 1 (n_test may be 0), fractions floats in (0, 1]: 0 never means "all"."""
+    for name, value, optional in (
+        ("n_train", n_train, True),
+        ("n_calib", n_calib, False),
+        ("n_test", n_test, True),
+    ):
+        if value is None and optional:
+            continue
+        if isinstance(value, float) and not isinstance(value, bool):
+            check(name, value, UNIT_INTERVAL)
+            if value == 0:
+                raise InputError(f"{name} must be a count >= 1 or a fraction in (0, 1], got 0.0")
+        elif not (name == "n_test" and value == 0):
+            check(name, value, POSITIVE_INT)
+
+
+def calibration_request(splits: Splits, estimator: str, alpha: float, adapter: str | None) -> dict[str, Any]:
+    """What the calibration stage is asked: its examples, estimator, alpha and the adapter (by
+    content hash) it calibrates."""
+    return {
+        "estimator": estimator,
+        "alpha": alpha,
+        "method": "svdecode",
+        "data": {"n": len(splits.calib), "ids_sha256": splits.manifest["sha256"]["calib"]},
+        "adapter_sha256": adapter,
+    }
+
+
 def run_pipeline(
     pool: Sequence[Example],
     out_dir: str | Path,
@@ -57,58 +95,90 @@ def run_pipeline(
     calib_batch_size: int = 8,
     source: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    force: bool = False,
     progress: bool = True,
 ) -> PipelineResult:
     """Warm-start on the train split of ``pool``, calibrate on its calibration split, save.
 
     Without ``n_train`` everything not in the calibration/test splits is trained on. A finished
-    warm-start in ``out_dir`` is reused (its recorded split is reloaded, so calibration never sees
-    a training example); an existing ``steering_config.json`` is reused too.
+    stage in ``out_dir`` is reused only when its recorded request (options, base, data ids) equals
+    this one and its files are unchanged; a different one stops with the difference, unless
+    ``overwrite=True``, which redoes both stages. ``resume`` continues an interrupted warm-start;
+    ``force`` loads a reused adapter onto a base whose fingerprint differs.
     """
-    out = Path(out_dir)
-    stages, seconds = [], {}
-    if is_complete(out):
-        info = read_info(out)
-        manifest = _read_manifest(out)
-        splits = splits_from_manifest(pool, manifest)
-        log.info("warm-start in %s is complete: skipping it", out)
-    else:
-        splits = split_pool(pool, n_train, n_calib, n_test, seed)
-        if source:  # lets `svdecode eval` reload the calibration split from the manifest alone
-            splits.manifest["source"] = source
-        if not splits.train:
-            raise ValueError(
-                "the training split is empty: ask for n_train or leave examples outside calib/test"
-            )
-        t0 = time.time()
-        result = warmstart(
-            splits.train, out, cfg, base=base, manifest=splits.manifest, resume=resume, progress=progress
+    cfg = cfg or WarmstartConfig()
+    validate(cfg)
+    _check_sizes(n_train, n_calib, n_test)
+    check("seed", seed, SEED)
+    check("alpha", alpha, UNIT_INTERVAL)
+    check("calib_batch_size", calib_batch_size, POSITIVE_INT)
+    if estimator not in ESTIMATORS:
+        raise InputError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    check_model_source(base)
+    splits = split_pool(pool, n_train, n_calib, n_test, seed)
+    if source:  # lets `svdecode eval` reload the calibration split from the manifest alone
+        splits.manifest["source"] = source
+    if not splits.train:
+        raise WarmstartError(
+            "the training split is empty: ask for n_train or leave examples outside calib/test"
         )
-        seconds["warmstart"] = time.time() - t0
-        info = result.info or read_info(out)
-        stages.append("warmstart")
+    out = Path(out_dir)
+    from svdecode.models import portable_base_name
 
-    if (out / CONFIG_NAME).is_file():
-        model = SteeredModel.from_pretrained(out)
-        log.info("steering artifact in %s exists: skipping calibration", out)
-    else:
-        from svdecode.models import load_tokenizer
-
-        t0 = time.time()
-        peft_model = load_adapter(out)
-        model = SteeredModel.from_peft(peft_model, load_tokenizer(str(out)), alpha=alpha)
-        model.steering.base_model = base
-        model.calibrate(splits.calib, estimator=estimator, batch_size=calib_batch_size, progress=progress)
-        model.save_pretrained(out)
-        seconds["calibrate"] = time.time() - t0
-        stages.append("calibrate")
+    base_name = portable_base_name(base)
+    with rundir.locked(out):
+        ws_request = warmstart_request(cfg.to_dict(), base_name, splits.train, splits.manifest)
+        reuse = (
+            None
+            if overwrite
+            else rundir.check_reuse(out, "warmstart", ws_request, "warm-start", REUSE_IGNORED)
+        )
+        stages, seconds = [], {}
+        if reuse is None or reuse["status"] != "complete" or partial_dir(out).exists():
+            t0 = time.time()
+            result = warmstart(
+                splits.train, out, cfg, base=base, manifest=splits.manifest, resume=resume,
+                overwrite=overwrite, progress=progress,
+            )  # fmt: skip
+            seconds["warmstart"] = time.time() - t0
+            stages.append("warmstart")
+            info = result.info
+        else:
+            log.info("warm-start in %s matches this request: reusing it", out)
+            info = _read_info(out)
+        model = _calibrated(
+            out, splits, base, estimator, alpha, calib_batch_size, force, progress, stages, seconds
+        )
     return PipelineResult(out, splits, model, info, stages, seconds)
 
 
-def _read_manifest(out: Path) -> dict:
-    import json
+def _calibrated(
+    out: Path, splits: Splits, base: str, estimator: str, alpha: float, batch_size: int, force: bool,
+    progress: bool, stages: list[str], seconds: dict[str, float],
+) -> SteeredModel:  # fmt: skip
+    """The steered model of ``out``: the recorded calibration when it was asked the same (and the
+    warm-start was not redone), else a fresh one, saved."""
+    from svdecode.models import load_tokenizer
+    from svdecode.train.adapters import load_adapter
 
-    path = out / "split_manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the warm-start in {out} did not record its split")
-    return json.loads(path.read_text())
+    request = calibration_request(splits, estimator, alpha, rundir.adapter_digest(out))
+    redo = "warmstart" in stages or (out / CONFIG_NAME).exists() is False
+    if not redo and rundir.check_reuse(out, "calibration", request, "calibration") is not None:
+        log.info("calibration in %s matches this request: reusing it", out)
+        return SteeredModel.from_pretrained(out, base=base, force=force)
+    t0 = time.time()
+    peft_model = load_adapter(out, base, strict=not force)
+    model = SteeredModel.from_peft(peft_model, load_tokenizer(str(out)), alpha=alpha)
+    model.adapter_digest = rundir.adapter_digest(out)
+    model.calibrate(splits.calib, estimator=estimator, batch_size=batch_size, progress=progress)
+    model.save_pretrained(out, request=request)
+    seconds["calibrate"] = time.time() - t0
+    stages.append("calibrate")
+    return model
+
+
+def _read_info(out: Path) -> dict:
+    from svdecode.train.checkpoints import read_info
+
+    return read_info(out)
