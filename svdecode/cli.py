@@ -496,6 +496,14 @@ def _add_eval_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars a stopped stage left open, so the message starts on its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status: 0 done, 2 a bad input or usage (one line on
     stderr naming it), 130 / 143 interrupted by Ctrl-C / SIGTERM (one line: what was saved and the
@@ -503,22 +511,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from svdecode.interrupts import Terminated, interrupted_line, sigterm_as_interrupt
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    ns = None
     try:
-        ns = parser.parse_args(argv)
-    except SystemExit as done:  # --help / --version (0), or a usage error argparse has printed (2)
-        return done.code if isinstance(done.code, int) else 2
-    logging.basicConfig(
-        level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("svdecode").setLevel(logging.INFO)
-    try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt():  # from the first moment: the heavy imports happen in ns.func
+            try:
+                ns = build_parser().parse_args(argv)
+            except SystemExit as done:  # --help / --version (0), or a usage error argparse printed (2)
+                return done.code if isinstance(done.code, int) else 2
+            logging.basicConfig(
+                level=logging.INFO if ns.verbose else logging.WARNING,
+                format="%(levelname)s %(name)s: %(message)s",
+            )
+            logging.getLogger("svdecode").setLevel(logging.INFO)
             return ns.func(ns)
     except KeyboardInterrupt as err:
-        print(interrupted_line(ns.command, getattr(ns, "out", None), argv, err), file=sys.stderr)
+        _end_progress_bars()
+        if ns is None:
+            print("svdecode: interrupted before the command started; nothing was written", file=sys.stderr)
+        else:
+            print(interrupted_line(ns.command, getattr(ns, "out", None), argv, err), file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     except (SvdecodeError, ValueError, OSError) as err:  # the library's errors name the input
+        _end_progress_bars()
         message = " ".join(str(err).split())
         print(f"svdecode {ns.command}: error: {message}", file=sys.stderr)
         return 2

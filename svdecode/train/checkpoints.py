@@ -230,7 +230,9 @@ def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module)
 
 
 def publish(part: Path, out: Path) -> None:
-    """Rename the finished ``part`` to ``out``, replacing an old finished (or empty) ``out``."""
+    """Rename the finished ``part`` to ``out``, replacing an old finished (or empty) ``out``. An
+    interruption between the two renames leaves a complete ``part`` and no ``out``, which
+    :func:`finish_publish` completes on the next start."""
     old = None
     if out.exists():
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
@@ -238,3 +240,18 @@ def publish(part: Path, out: Path) -> None:
     os.replace(part, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def finish_publish(out: Path) -> None:
+    """Complete a publish a killed process left half done: a finished ``<out>.partial`` with no
+    ``<out>`` is renamed into place; leftover ``<out>.old-*`` copies of a replaced run are removed."""
+    part = partial_dir(out)
+    if not out.exists() and is_complete(part) and rundir.read_manifest(part) is not None:
+        log.warning(
+            "warm-start: %s is finished but was not yet renamed to %s (killed?): renaming it now", part, out
+        )
+        os.replace(part, out)
+    for old in out.parent.glob(f"{out.name}.old-*"):
+        if out.exists() and old.is_dir():
+            log.warning("removing %s, the run an interrupted --overwrite had replaced", old)
+            shutil.rmtree(old, ignore_errors=True)

@@ -23,7 +23,7 @@ from svdecode.data import Example, Splits, make_splits
 from svdecode.errors import InputError
 from svdecode.steered_model import SteeredModel
 from svdecode.steering import ESTIMATORS
-from svdecode.train.checkpoints import REUSE_IGNORED, partial_dir, warmstart_request
+from svdecode.train.checkpoints import REUSE_IGNORED, finish_publish, partial_dir, warmstart_request
 from svdecode.train.config import WarmstartConfig, WarmstartError, validate
 from svdecode.train.trainer import warmstart
 
@@ -128,6 +128,7 @@ def run_pipeline(
 
     base_name = portable_base_name(base)
     with rundir.locked(out):
+        finish_publish(out)
         ws_request = warmstart_request(cfg.to_dict(), base_name, splits.train, splits.manifest)
         reuse = (
             None

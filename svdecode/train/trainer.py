@@ -30,6 +30,7 @@ from svdecode.train.checkpoints import (
     check_resumable,
     checkpoint_step,
     data_fingerprint,
+    finish_publish,
     last_checkpoint,
     partial_dir,
     partial_summary,
@@ -201,6 +202,7 @@ def warmstart(
         )
     out = Path(out_dir)
     with rundir.locked(out):
+        finish_publish(out)
         check_out_dir(out, overwrite)
         part = partial_dir(out)
         if part.exists() and not resume and not overwrite:
@@ -255,8 +257,8 @@ def _base_model(model, tokenizer, base: str | None) -> tuple[PreTrainedModel, Pr
 
 
 def _scan_or_refuse(examples: Sequence[Example], tokenizer, cfg: WarmstartConfig, model) -> LengthScan:
-    """Token lengths of every example; refuse a set with no answer token to learn from, warn about
-    examples left out or cut, and about sequences longer than the model's positions."""
+    """Token lengths of every example; refuse a set with no answer token to learn from or with
+    sequences longer than the model's positions, and warn about examples left out or cut."""
     scan = scan_examples(examples, tokenizer, cfg)
     if not scan.kept:
         parts = []
@@ -290,12 +292,10 @@ def _scan_or_refuse(examples: Sequence[Example], tokenizer, cfg: WarmstartConfig
     max_pos = getattr(model.config, "max_position_embeddings", None)
     extra = cfg.num_virtual_tokens if cfg.method in PROMPT_METHODS else 0  # prefixes take positions too
     if max_pos and scan.longest + extra > max_pos:
-        log.warning(
-            "warm-start: the longest example has %d tokens (+%d virtual tokens), more than the model's "
-            "max_position_embeddings %d",
-            scan.longest,
-            extra,
-            max_pos,
+        raise WarmstartError(
+            f"the longest training example has {scan.longest} tokens (+{extra} virtual tokens) after truncation "
+            f"to max_length={cfg.max_length}, more than the model's {max_pos} positions; pass "
+            f"--train-max-length {max_pos - extra} (max_length=...) to cut examples to fit, or shorten them"
         )
 
     return scan
