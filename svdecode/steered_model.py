@@ -228,7 +228,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         """Whether the adapter must be written into ``directory``; refuses (or with ``overwrite``
         clears) a directory that belongs to another run."""
         target = rundir.adapter_digest(directory)
-        own = target is not None and target == self.adapter_digest
+        own = target is not None and (target == self.adapter_digest or self._holds_my_adapter(directory))
         manifest = rundir.read_manifest(directory) if directory.is_dir() else None
         reason = None
         if target is not None and not own:
@@ -245,6 +245,27 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             return False
         rundir.remove_outputs(directory, f"--overwrite: {directory} {reason}")
         return True
+
+    def _holds_my_adapter(self, directory: Path) -> bool:
+        """Whether ``directory``'s adapter weights equal this model's (for a model whose adapter
+        folder is not known, e.g. a PeftModel loaded by the caller): same names, same tensors."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        weights = directory / "adapter_model.safetensors"
+        if (
+            self.adapter_digest is not None
+            or not hasattr(self.wrapped[0], "peft_config")
+            or not weights.is_file()
+        ):
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            self.wrapped[0].save_pretrained(tmp)
+            try:
+                mine, theirs = load_file(str(Path(tmp) / weights.name)), load_file(str(weights))
+            except (SafetensorError, OSError):
+                return False
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
     def _write_weights(self, directory: Path, write_adapter: bool) -> list[str]:
         """Adapter (when asked) and tokenizer (when missing) through a temporary folder."""
