@@ -198,3 +198,59 @@ def check_model_source(name: str, what: str = "base model") -> None:
         return
     if looks_local(name):
         raise InputError(f"{what} {name!r} does not exist (it is a local path, not a hub id)")
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str], room: int | None, max_new_tokens: int = 0, truncate: bool = False
+) -> list[list[int]]:
+    """Token ids of each prompt, each checked to leave ``max_new_tokens`` of the ``room`` tokens
+    (None: no limit); an empty prompt starts from the BOS (else EOS) token, with a warning."""
+    import logging
+
+    if room is not None and max_new_tokens >= room:
+        raise InputError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of {room} tokens"
+        )
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    rows = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt {i + 1} must be a string, got {type(prompt).__name__}")
+        ids = tokenizer(prompt).input_ids
+        if not ids:
+            if start is None:
+                raise InputError(
+                    f"prompt {i + 1} is empty and the tokenizer has no BOS/EOS token to start from"
+                )
+            logging.getLogger("svdecode").warning(
+                "prompt %d is empty: generating from the start token %r",
+                i + 1,
+                tokenizer.convert_ids_to_tokens(start),
+            )
+            ids = [start]
+        rows.append(
+            ids if room is None else fit_context(ids, room - max_new_tokens, f"prompt {i + 1}", truncate)
+        )
+    return rows
+
+
+def check_pairs_fit(
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], room: int | None, max_length: int | None
+) -> None:
+    """Refuse (prompt, answer) pairs longer than ``room`` tokens unless ``max_length`` (which cuts
+    prompts from the left) makes them fit."""
+    check("max_length", max_length, POSITIVE_INT, optional=True)
+    if room is None:
+        return
+    if max_length is not None:
+        if max_length > room:
+            raise InputError(f"max_length={max_length} exceeds the model's context of {room} tokens")
+        return
+    p_len = [len(x) for x in tokenizer(list(prompts)).input_ids] if prompts else []
+    a_len = [len(x) for x in tokenizer(list(answers), add_special_tokens=False).input_ids] if answers else []
+    for i, (p, a) in enumerate(zip(p_len, a_len, strict=True)):
+        if p + a > room:
+            raise InputError(
+                f"pair {i + 1}: prompt and answer have {p + a} tokens, more than the model's context of {room}; "
+                "shorten it, or pass max_length (prompts are then cut from the left)"
+            )

@@ -24,6 +24,7 @@ from svdecode.cli_options import (
     add_steering_args,
     check_model_sources,
     number_type,
+    read_prompt_file,
 )
 from svdecode.errors import InputError, SvdecodeError
 
@@ -76,7 +77,7 @@ def load_model(ns: argparse.Namespace):
 def cmd_generate(ns: argparse.Namespace) -> int:
     from svdecode.data import format_prompt
 
-    prompts = list(ns.prompt or []) + _prompt_file(ns.prompt_file)
+    prompts = list(ns.prompt or []) + read_prompt_file(ns.prompt_file)
     if not prompts:
         raise InputError("give --prompt TEXT (repeatable) or --prompt-file FILE")
     kwargs: dict[str, Any] = dict(
@@ -108,20 +109,6 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_file(path: str | None) -> list[str]:
-    """The non-empty lines of ``--prompt-file``."""
-    if not path:
-        return []
-    try:
-        lines = checks.existing_file(path, "--prompt-file").read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"--prompt-file {path!r} is not UTF-8 text: {err}") from err
-    prompts = [line for line in lines if line.strip()]
-    if not prompts:
-        raise InputError(f"--prompt-file {path!r} holds no prompt (every line is empty)")
-    return prompts
-
-
 def cmd_calibrate(ns: argparse.Namespace) -> int:
     from svdecode import rundir
     from svdecode.config import SteeringConfig
@@ -139,7 +126,7 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     request = _calibration_request(ns, examples)
     with rundir.locked(out):
-        if _reusable_calibration(out, request, ns.overwrite):
+        if rundir.reusable_for_adapter(out, request["adapter_sha256"], "calibration", request, ns.overwrite):
             cfg = SteeringConfig.load(out)
             print(_calibration_lines(cfg.mu, cfg.estimator, cfg.calibration))
             print(f"reused: {out} holds this calibration already (pass --overwrite to compute it again)")
@@ -167,25 +154,6 @@ def _calibration_request(ns: argparse.Namespace, examples) -> dict[str, Any]:
         "estimator": ns.estimator,
         "overrides": {k: getattr(ns, k) for k in ("mu", "alpha", "lam", "method")},
     }  # fmt: skip
-
-
-def _reusable_calibration(out: Path, request: dict[str, Any], overwrite: bool) -> bool:
-    """True when ``out`` holds this very calibration; refuses another run's directory (unless
-    overwrite) before any model is loaded."""
-    from svdecode import rundir
-
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} is a file, not a directory")
-    target = rundir.adapter_digest(out) if out.is_dir() else None
-    if overwrite:
-        return False
-    if target is not None and target != request["adapter_sha256"]:
-        raise rundir.RunDirError(
-            f"{out} belongs to another run: it holds another adapter than the one being calibrated; write the "
-            "calibration to a new --out, or pass --overwrite to replace that run"
-        )
-    entry = rundir.check_reuse(out, "calibration", request, "calibration") if out.is_dir() else None
-    return entry is not None and entry["status"] == "complete"
 
 
 def _calibration_lines(mu: float, estimator: str, st: dict[str, Any]) -> str:

@@ -155,3 +155,17 @@ class VersionAction(argparse.Action):
         for name, version in dependency_versions().items():
             print(f"{name} {version}")
         parser.exit()
+
+
+def read_prompt_file(path: str | None) -> list[str]:
+    """The non-empty lines of ``--prompt-file``."""
+    if not path:
+        return []
+    try:
+        lines = checks.existing_file(path, "--prompt-file").read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise checks.InputError(f"--prompt-file {path!r} is not UTF-8 text: {err}") from err
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise checks.InputError(f"--prompt-file {path!r} holds no prompt (every line is empty)")
+    return prompts

@@ -330,3 +330,20 @@ def load_peft(
         ) from err
     model.eval()
     return model
+
+
+def same_adapter_weights(peft_model, adapter_dir: str | Path) -> bool:
+    """Whether ``adapter_dir`` holds ``peft_model``'s adapter: the same tensor names and values
+    (config files may differ byte for byte, e.g. in inference_mode)."""
+    from safetensors.torch import load_file
+
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp)
+        try:
+            mine, theirs = load_file(str(Path(tmp) / weights.name)), load_file(str(weights))
+        except (SafetensorError, OSError):
+            return False
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

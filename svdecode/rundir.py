@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from svdecode.errors import SvdecodeError
+from svdecode.errors import InputError, SvdecodeError
 from svdecode.fileio import jsonable, write_json_atomic
 
 log = logging.getLogger("svdecode")
@@ -305,6 +305,27 @@ def _warn_versions(directory: Path, what: str, recorded: Mapping[str, str]) -> N
         log.warning("reusing the %s in %s made with other versions: %s", what, directory, ", ".join(diff))
 
 
+def reusable_for_adapter(
+    directory: str | Path, adapter: str | None, stage: str, request: Mapping[str, Any], overwrite: bool
+) -> bool:
+    """True when ``directory`` holds ``stage`` asked exactly ``request`` (to be reused). Refuses,
+    before any model loads, a path that is a file, a directory holding another adapter than
+    ``adapter`` (another run's) unless ``overwrite``, and a recorded stage asked something else."""
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"--out {str(d)!r} is a file, not a directory")
+    if overwrite or not d.is_dir():
+        return False
+    target = adapter_digest(d)
+    if target is not None and target != adapter:
+        raise RunDirError(
+            f"{d} belongs to another run: it holds another adapter than the one being calibrated; write the "
+            "calibration to a new --out, or pass --overwrite to replace that run"
+        )
+    entry = check_reuse(d, stage, request, stage)
+    return entry is not None and entry["status"] == "complete"
+
+
 def remove_outputs(directory: str | Path, reason: str) -> list[str]:
     """Delete what svdecode wrote in ``directory`` (recorded outputs, or for an older folder the
     files svdecode and peft write), saying which; a user's own files stay."""
@@ -321,6 +342,31 @@ def remove_outputs(directory: str | Path, reason: str) -> list[str]:
         path = d / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return removed
+
+
+def claim(directory: str | Path, own_adapter: bool, overwrite: bool) -> bool:
+    """Before saving a steered model into ``directory``: whether its adapter must be written.
+    A directory that holds another run (another adapter, an evaluation) or was written by an older
+    svdecode is refused unless ``overwrite``, which removes that run's files first (naming them);
+    ``own_adapter``: the directory already holds this model's adapter (kept as it is)."""
+    d = Path(directory)
+    has_adapter = adapter_digest(d) is not None
+    manifest = read_manifest(d) if d.is_dir() else None
+    reason = None
+    if has_adapter and not own_adapter:
+        reason = "holds another adapter (another run's)"
+    elif manifest is not None and "evaluation" in manifest["stages"]:
+        reason = "holds an evaluation"
+    elif is_legacy(d):
+        reason = f"was written by an older svdecode (no {MANIFEST_NAME})"
+    if reason is None:
+        return not has_adapter
+    if not overwrite:
+        raise RunDirError(f"{d} {reason}; {OVERWRITE_HINT}")
+    if own_adapter:  # an older folder of this very adapter: keep the adapter, replace the rest
+        return False
+    remove_outputs(d, f"--overwrite: {d} {reason}")
+    return True
 
 
 # -- the lock -----------------------------------------------------------------------------------

@@ -28,14 +28,15 @@ from svdecode.checks import (
     POSITIVE_INT,
     check,
     check_generation,
+    check_pairs_fit,
     context_size,
+    encode_prompts,
     existing_dir,
-    fit_context,
 )
 from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.errors import InputError
 from svdecode.kv_cache import StreamCache
-from svdecode.models import load_base, load_peft, load_tokenizer
+from svdecode.models import load_base, load_peft, load_tokenizer, same_adapter_weights
 from svdecode.scoring import batches, encode_pairs, split_pairs
 from svdecode.streams import (
     LogitStreams,
@@ -225,47 +226,15 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         return path
 
     def _claim(self, directory: Path, overwrite: bool) -> bool:
-        """Whether the adapter must be written into ``directory``; refuses (or with ``overwrite``
-        clears) a directory that belongs to another run."""
+        """Whether the adapter must be written into ``directory`` (:func:`rundir.claim`)."""
         target = rundir.adapter_digest(directory)
-        own = target is not None and (target == self.adapter_digest or self._holds_my_adapter(directory))
-        manifest = rundir.read_manifest(directory) if directory.is_dir() else None
-        reason = None
-        if target is not None and not own:
-            reason = "holds another adapter (another run's)"
-        elif manifest is not None and "evaluation" in manifest["stages"]:
-            reason = "holds an evaluation"
-        elif rundir.is_legacy(directory):
-            reason = f"was written by an older svdecode (no {rundir.MANIFEST_NAME})"
-        if reason is None:
-            return target is None
-        if not overwrite:
-            raise rundir.RunDirError(f"{directory} {reason}; {rundir.OVERWRITE_HINT}")
-        if own:  # an older folder of this very adapter: keep the adapter, replace the rest
-            return False
-        rundir.remove_outputs(directory, f"--overwrite: {directory} {reason}")
-        return True
-
-    def _holds_my_adapter(self, directory: Path) -> bool:
-        """Whether ``directory``'s adapter weights equal this model's (for a model whose adapter
-        folder is not known, e.g. a PeftModel loaded by the caller): same names, same tensors."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        weights = directory / "adapter_model.safetensors"
-        if (
-            self.adapter_digest is not None
-            or not hasattr(self.wrapped[0], "peft_config")
-            or not weights.is_file()
-        ):
-            return False
-        with tempfile.TemporaryDirectory() as tmp:
-            self.wrapped[0].save_pretrained(tmp)
-            try:
-                mine, theirs = load_file(str(Path(tmp) / weights.name)), load_file(str(weights))
-            except (SafetensorError, OSError):
-                return False
-        return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+        own = target is not None and (
+            target == self.adapter_digest
+            or self.adapter_digest is None
+            and hasattr(self.wrapped[0], "peft_config")
+            and same_adapter_weights(self.wrapped[0], directory)
+        )
+        return rundir.claim(directory, own, overwrite)
 
     def _write_weights(self, directory: Path, write_adapter: bool) -> list[str]:
         """Adapter (when asked) and tokenizer (when missing) through a temporary folder."""
@@ -378,33 +347,9 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     ) -> list[list[int]]:
         """Token ids of each prompt, checked against the context (``truncate``: keep each one's
         last tokens instead of refusing); an empty prompt starts from the BOS (else EOS) token."""
-        tok = self._require_tokenizer()
-        room = self.context_room()
-        if room is not None and max_new_tokens >= room:
-            raise InputError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of {room} tokens"
-            )
-        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        rows = []
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise InputError(f"prompt {i + 1} must be a string, got {type(prompt).__name__}")
-            ids = tok(prompt).input_ids
-            if not ids:
-                if start is None:
-                    raise InputError(
-                        f"prompt {i + 1} is empty and the tokenizer has no BOS/EOS token to start from"
-                    )
-                log.warning(
-                    "prompt %d is empty: generating from the start token %r",
-                    i + 1,
-                    tok.convert_ids_to_tokens(start),
-                )
-                ids = [start]
-            if room is not None:
-                ids = fit_context(ids, room - max_new_tokens, f"prompt {i + 1}", truncate)
-            rows.append(ids)
-        return rows
+        return encode_prompts(
+            self._require_tokenizer(), prompts, self.context_room(), max_new_tokens, truncate
+        )
 
     def generate_text(
         self,
@@ -435,25 +380,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         return outputs
 
     def _check_pairs(self, prompts: Sequence[str], answers: Sequence[str], max_length: int | None) -> None:
-        """Refuse (prompt, answer) pairs longer than the model's context unless ``max_length``
-        (which cuts prompts from the left) makes them fit."""
-        check("max_length", max_length, POSITIVE_INT, optional=True)
-        room = self.context_room()
-        if room is None:
-            return
-        if max_length is not None:
-            if max_length > room:
-                raise InputError(f"max_length={max_length} exceeds the model's context of {room} tokens")
-            return
-        tok = self._require_tokenizer()
-        p_len = [len(x) for x in tok(list(prompts)).input_ids] if prompts else []
-        a_len = [len(x) for x in tok(list(answers), add_special_tokens=False).input_ids] if answers else []
-        for i, (p, a) in enumerate(zip(p_len, a_len, strict=True)):
-            if p + a > room:
-                raise InputError(
-                    f"pair {i + 1}: prompt and answer have {p + a} tokens, more than the model's context of "
-                    f"{room}; pass max_length (prompts are then cut from the left)"
-                )
+        check_pairs_fit(self._require_tokenizer(), prompts, answers, self.context_room(), max_length)
 
     def score(
         self,

@@ -158,3 +158,22 @@ def test_api_ways_out_work(world, tmp_path):
     assert not (target / "warmstart.json").exists() and rundir.verify(target) == []
     cfg = json.loads((target / "steering_config.json").read_text())
     assert cfg["mu"] == world["model"].steering.mu
+
+
+def test_a_peft_model_the_caller_loaded_saves_into_its_own_folder(world, tmp_path):
+    """The README flow: PeftModel.from_pretrained(base, dir) -> SteeredModel.from_peft -> save into
+    the same dir keeps the adapter (its weights are recognised) and records the calibration."""
+    from peft import PeftModel
+
+    target = tmp_path / "run"
+    shutil.copytree(world["run"], target)
+    before = rundir.adapter_digest(target)
+    base, tok = load_base(str(world["root"] / "base"))
+    model = SteeredModel.from_peft(PeftModel.from_pretrained(base, str(target)), tok, mu=1.5)
+    model.save_pretrained(target)
+    assert rundir.adapter_digest(target) == before and rundir.verify(target) == []
+    assert json.loads((target / "steering_config.json").read_text())["mu"] == 1.5
+    other = SteeredModel.from_peft(PeftModel.from_pretrained(load_base(str(world["root"] / "base"))[0],
+                                                             str(world["other"])), tok)  # fmt: skip
+    with pytest.raises(rundir.RunDirError, match="holds another adapter"):
+        other.save_pretrained(target)

@@ -143,23 +143,10 @@ def run_eval(
     run = _RunSettings(
         out / "cache", batch_size, max_new_tokens, mc_prompt_style, max_length, n_boot, seed, progress
     )
-    config = {
-        "tasks": list(tasks),
-        "method_names": list(method_names),
-        "seed": seed,
-        "limit": limit,
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
-        "reference": reference,
-        "score_lam": lam_json(score_lam),
-        "alpha": float(model.steering.alpha if alpha is None else alpha),
-        "estimator": estimator,
-        "mc_prompt_style": mc_prompt_style,
-        "max_length": max_length,
-        "n_boot": n_boot,
-        "model": _model_record(model),
-        "run_info": dict(run_info or {}),
-    }
+    config = _eval_config(
+        model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, estimator
+    )
+    config["run_info"] = dict(run_info or {})
     task_items = {
         task: _limit(
             task, list(data[task]) if data is not None and task in data else _default_data(task), limit, seed
@@ -193,6 +180,28 @@ def run_eval(
         write_results(results, out)
         rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
     return results
+
+
+def _eval_config(
+    model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, estimator
+) -> dict:
+    """The settings recorded in results.json (and, without run_info, compared for reuse)."""
+    return {
+        "tasks": list(tasks),
+        "method_names": list(method_names),
+        "seed": seed,
+        "limit": limit,
+        "batch_size": run.batch_size,
+        "max_new_tokens": run.max_new_tokens,
+        "reference": reference,
+        "score_lam": lam_json(score_lam),
+        "alpha": float(model.steering.alpha if alpha is None else alpha),
+        "estimator": estimator,
+        "mc_prompt_style": run.mc_prompt_style,
+        "max_length": run.max_length,
+        "n_boot": run.n_boot,
+        "model": _model_record(model),
+    }
 
 
 def _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot) -> None:
