@@ -310,7 +310,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from svdecode.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out_dir=ns.out, base=ns.base, n_train=ns.n_train, n_test=ns.n_test, seed=ns.seed)
-    run_demo(cfg, resume=ns.resume, overwrite=ns.overwrite)
+    run_demo(cfg, overwrite=ns.overwrite)
     return 0
 
 
@@ -378,7 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=POS_INT, default=128)
     d.add_argument("--n-test", type=POS_INT, default=40, help="test items per commonsense dataset")
     d.add_argument("--seed", type=SEED, default=0)
-    d.add_argument("--resume", action="store_true", help="continue an interrupted warm-start")
     d.add_argument("--overwrite", action="store_true", help="redo every stage, replacing what --out holds")
     d.set_defaults(func=cmd_demo)
     return parser

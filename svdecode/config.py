@@ -57,6 +57,9 @@ class FieldSpec:
     migrate: Any = _REQUIRED
 
 
+# A new field is one line here. Files written before it lack it: bump FORMAT_VERSION (and add it to
+# SUPPORTED_VERSIONS), give the field since=<the new version> and migrate=<its value in older files>
+# (a callable for a fresh dict/list); a field without a safe value for old files keeps migrate unset.
 SCHEMA: dict[str, FieldSpec] = {
     "mu": FieldSpec("number", "the steering strength mu_bar (eq. 14)"),
     "alpha": FieldSpec("number", "the confidence-mask threshold (eq. 12)", rule=UNIT_INTERVAL),

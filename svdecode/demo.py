@@ -59,17 +59,18 @@ class DemoConfig:
         check_model_source(self.base)
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> Path:
-    """Run the demo; returns the path of the rendered report. ``resume`` continues an
-    interrupted warm-start; ``overwrite`` redoes every stage (see docs/run_directories.md)."""
+def run_demo(cfg: DemoConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run the demo; returns the path of the rendered report. A rerun continues where an
+    interrupted one stopped (the warm-start from its last checkpoint, the evaluation from its
+    caches); ``overwrite`` redoes every stage (see docs/run_directories.md)."""
     cfg.validate()
     out = Path(cfg.out_dir)
     check_eval_dir(out / "eval", overwrite)
     with rundir.locked(out):
-        return _run_demo(cfg, out, progress, resume, overwrite)
+        return _run_demo(cfg, out, progress, overwrite)
 
 
-def _run_demo(cfg: DemoConfig, out: Path, progress: bool, resume: bool, overwrite: bool) -> Path:
+def _run_demo(cfg: DemoConfig, out: Path, progress: bool, overwrite: bool) -> Path:
     timings: dict[str, float] = {}
     t0 = time.time()
     pool = load_commonsense("all", "train")
@@ -82,7 +83,7 @@ def _run_demo(cfg: DemoConfig, out: Path, progress: bool, resume: bool, overwrit
         n_calib=cfg.n_calib,
         seed=cfg.seed,
         source="commonsense:all",
-        resume=resume,
+        resume=not overwrite,  # the demo continues its own interrupted warm-start
         overwrite=overwrite,
         progress=progress,
     )

@@ -75,10 +75,10 @@ def saved_work(command: str, out: str | None) -> tuple[str, bool]:
         return f"{_cached_items(root / 'cache')} evaluated item(s) in {root / 'cache'}", False
     if command == "demo":
         runs = sorted(p for p in root.glob("commonsense-*") if not p.name.endswith((".partial", ".lock")))
-        state, needs_resume = _warmstart_state(runs[0]) if runs else ("nothing yet", False)
+        state = _warmstart_state(runs[0])[0] if runs else "nothing yet"  # the demo always resumes
         return (
             f"{state}; {_cached_items(root / 'eval' / 'cache')} evaluated item(s) in {root / 'eval'}",
-            needs_resume,
+            False,
         )
     if command == "calibrate":
         return f"nothing: {root} is unchanged (the calibration is written in one step at the end)", False

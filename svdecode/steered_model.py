@@ -26,6 +26,7 @@ from svdecode import rundir, steering
 from svdecode.calibration import CalibrationResult, calibrate_streams
 from svdecode.checks import (
     POSITIVE_INT,
+    Rule,
     check,
     check_generation,
     check_pairs_fit,
@@ -379,7 +380,17 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             outputs.extend(tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True))
         return outputs
 
-    def _check_pairs(self, prompts: Sequence[str], answers: Sequence[str], max_length: int | None) -> None:
+    def _check_pairs(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        max_length: int | None,
+        batch_size: int,
+        trim: float = 0.1,
+    ) -> None:
+        """Scoring/calibration arguments in range, and every pair within the model's context."""
+        check("batch_size", batch_size, POSITIVE_INT)
+        check("trim", trim, Rule("float", lo=0, hi=0.5, hi_open=True))
         check_pairs_fit(self._require_tokenizer(), prompts, answers, self.context_room(), max_length)
 
     def score(
@@ -397,8 +408,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         for multiple-choice scoring, and report which one was used.
         """
         tok = self._require_tokenizer()
-        check("batch_size", batch_size, POSITIVE_INT)
-        self._check_pairs(prompts, answers, max_length)
+        self._check_pairs(prompts, answers, max_length, batch_size)
         out: list[torch.Tensor] = []
         for sl in tqdm(list(batches(len(prompts), batch_size)), desc="scoring", disable=not progress):
             batch = encode_pairs(tok, prompts[sl], answers[sl], max_length=max_length)
@@ -422,7 +432,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         """Calibrate mu_bar on labelled pairs: ``(prompt, answer)`` tuples or objects with
         ``.prompt``/``.answer`` (e.g. :class:`svdecode.data.Example`). Sets ``steering.mu``."""
         prompts, answers = split_pairs(pairs)
-        self._check_pairs(prompts, answers, max_length)
+        self._check_pairs(prompts, answers, max_length, batch_size, trim)
         result = calibrate_streams(
             self.streams,
             self._require_tokenizer(),

@@ -36,6 +36,7 @@ from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc
 from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic, write_text_atomic
+from svdecode.steering import ESTIMATORS
 
 log = logging.getLogger("svdecode")
 
@@ -137,6 +138,9 @@ def run_eval(
     """
     out = Path(out_dir)
     _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot)
+    check("alpha", alpha, UNIT_INTERVAL, optional=True)
+    if estimator not in ESTIMATORS:
+        raise InputError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if methods is None:
         check_method_names(method_names)
     check_eval_dir(out, overwrite)
