@@ -51,9 +51,13 @@ def _rerun_until_done(args: list[str], err: str, cwd: Path) -> None:
     assert rc == 0 and "Traceback" not in err, err
 
 
-def _kill_at_random(args: list[str], cwd: Path, sig: int, seed: int) -> tuple[int, str]:
-    delay = random.Random(seed).uniform(1.0, 12.0)  # start, load, train, calibrate or save
+def _kill_during(args: list[str], cwd: Path, sig: int, started, delay: float) -> tuple[int, str]:
+    """Start the command, wait until ``started()`` says its stage runs, then ``delay`` seconds more,
+    and send ``sig`` (if it is still running)."""
     proc = _svdecode(args, cwd)
+    deadline = time.time() + 180
+    while started is not None and not started() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -62,30 +66,42 @@ def _kill_at_random(args: list[str], cwd: Path, sig: int, seed: int) -> tuple[in
     return proc.returncode, err
 
 
+# (command, stage, the sign that the stage runs, the longest delay after it): random points in it
+STAGES = {
+    "start": (None, 3.0),
+    "warm-start": (lambda out: out.with_name(out.name + ".partial").is_dir(), 1.5),
+    "calibration": (lambda out: (out / "warmstart.json").is_file(), 0.4),
+    "evaluation": (lambda out: (out / "cache").is_dir(), 1.5),
+}
 KILLS = [
-    (what, sig, seed)
-    for what in ("run", "eval")
+    ("run", stage, sig, seed)
+    for stage in ("warm-start", "calibration")
     for sig in (signal.SIGTERM, signal.SIGKILL)
     for seed in (1, 2)
 ]
-KILLS += [("run", signal.SIGINT, 3)]
+KILLS += [("eval", "evaluation", sig, seed) for sig in (signal.SIGTERM, signal.SIGKILL) for seed in (1, 2)]
+KILLS += [("run", "start", signal.SIGINT, 3), ("eval", "start", signal.SIGTERM, 4)]
 
 
-@pytest.mark.parametrize(("what", "sig", "seed"), KILLS, ids=[f"{w}-{s.name}-{n}" for w, s, n in KILLS])
-def test_killed_at_a_random_moment_then_rerun(what, sig, seed, golden, tmp_path):
+@pytest.mark.parametrize(
+    ("what", "stage", "sig", "seed"), KILLS, ids=[f"{w}-{st}-{s.name}-{n}" for w, st, s, n in KILLS]
+)
+def test_killed_at_a_random_moment_then_rerun(what, stage, sig, seed, golden, tmp_path):
     out = tmp_path / what
     if what == "run":  # checkpoints every 3 of the 8 steps; every step logged
         args = run_args(golden, out, "--save-steps", "3", "--logging-steps", "1")
     else:
         args = eval_args(golden["run"], out)
-    rc, err = _kill_at_random(args, tmp_path, sig, seed)
+    started, longest = STAGES[stage]
+    delay = random.Random(seed).uniform(0.0, longest)
+    rc, err = _kill_during(args, tmp_path, sig, started and (lambda: started(out)), delay)
     expected = {0, -signal.SIGKILL} if sig == signal.SIGKILL else {0, 128 + sig}
-    if rc == -sig and sig != signal.SIGKILL:  # before Python installed its handlers: nothing ran
-        assert not out.exists(), err
+    if rc == -sig and sig != signal.SIGKILL:  # outside the command (starting, or exiting after it)
+        assert not out.exists() or consistent(out) == [], err
     else:
         assert rc in expected, (rc, err)
     assert "Traceback" not in err, err
-    if sig != signal.SIGKILL and rc != 0:  # one line: what was saved, and the command that resumes
+    if rc == 128 + sig:  # one line: what was saved, and the command that resumes
         last = err.strip().splitlines()[-1]
         assert last.startswith(f"svdecode {what}: ") and "saved:" in last and "resume with: svdecode" in last
     _rerun_until_done(args, err, tmp_path)
