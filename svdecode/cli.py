@@ -217,7 +217,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         force=ns.force,
     )
     st = res.model.steering
-    ran = ", ".join(res.stages_run) or "nothing (all stages were complete)"
+    ran = ", ".join(res.stages_run) or "nothing (both stages were asked the same before and are reused)"
     print(f"ran: {ran}; mu_bar = {st.mu:.6g} ({st.estimator}); artifact in {res.out_dir}")
     for stage, secs in res.seconds.items():
         print(f"  {stage}: {secs:.0f} s")

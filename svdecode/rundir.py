@@ -268,9 +268,10 @@ def check_reuse(
     what: str,
     ignore: Iterable[str] = (),
 ) -> dict[str, Any] | None:
-    """The recorded entry of ``stage`` when it may be reused for ``request``; None when the
-    directory has no such stage. Raises :class:`RunDirError` when the recorded one was asked
-    something else, did not finish, or its files changed since."""
+    """The recorded entry of ``stage`` when ``request`` may reuse it (status "complete") or
+    continue it (an interrupted stage asked the same); None when the directory has no such stage.
+    Raises :class:`RunDirError` for a directory written before manifests, a stage asked something
+    else, or a finished stage whose files changed since."""
     d = Path(directory)
     if is_legacy(d):
         raise RunDirError(

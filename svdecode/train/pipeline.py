@@ -21,9 +21,17 @@ from svdecode.checks import POSITIVE_INT, SEED, UNIT_INTERVAL, check, check_mode
 from svdecode.config import CONFIG_NAME
 from svdecode.data import Example, Splits, make_splits
 from svdecode.errors import InputError
+from svdecode.models import load_tokenizer, portable_base_name
 from svdecode.steered_model import SteeredModel
 from svdecode.steering import ESTIMATORS
-from svdecode.train.checkpoints import REUSE_IGNORED, finish_publish, partial_dir, warmstart_request
+from svdecode.train.adapters import load_adapter
+from svdecode.train.checkpoints import (
+    REUSE_IGNORED,
+    finish_publish,
+    partial_dir,
+    read_info,
+    warmstart_request,
+)
 from svdecode.train.config import WarmstartConfig, WarmstartError, validate
 from svdecode.train.trainer import warmstart
 
@@ -124,8 +132,6 @@ def run_pipeline(
             "the training split is empty: ask for n_train or leave examples outside calib/test"
         )
     out = Path(out_dir)
-    from svdecode.models import portable_base_name
-
     base_name = portable_base_name(base)
     with rundir.locked(out):
         finish_publish(out)
@@ -147,7 +153,7 @@ def run_pipeline(
             info = result.info
         else:
             log.info("warm-start in %s matches this request: reusing it", out)
-            info = _read_info(out)
+            info = read_info(out)
         model = _calibrated(
             out, splits, base, estimator, alpha, calib_batch_size, force, progress, stages, seconds
         )
@@ -160,11 +166,8 @@ def _calibrated(
 ) -> SteeredModel:  # fmt: skip
     """The steered model of ``out``: the recorded calibration when it was asked the same (and the
     warm-start was not redone), else a fresh one, saved."""
-    from svdecode.models import load_tokenizer
-    from svdecode.train.adapters import load_adapter
-
     request = calibration_request(splits, estimator, alpha, rundir.adapter_digest(out))
-    redo = "warmstart" in stages or (out / CONFIG_NAME).exists() is False
+    redo = "warmstart" in stages or not (out / CONFIG_NAME).exists()
     if not redo and rundir.check_reuse(out, "calibration", request, "calibration") is not None:
         log.info("calibration in %s matches this request: reusing it", out)
         return SteeredModel.from_pretrained(out, base=base, force=force)
@@ -177,9 +180,3 @@ def _calibrated(
     seconds["calibrate"] = time.time() - t0
     stages.append("calibrate")
     return model
-
-
-def _read_info(out: Path) -> dict:
-    from svdecode.train.checkpoints import read_info
-
-    return read_info(out)
