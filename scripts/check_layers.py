@@ -27,6 +27,10 @@ CORE = {
     "svdecode.models",
     "svdecode.fileio",
     "svdecode.versions",
+    "svdecode.errors",
+    "svdecode.checks",
+    "svdecode.fingerprint",
+    "svdecode.rundir",
 }
 
 

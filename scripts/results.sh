@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs behind docs/results.md, on the default model (SmolLM2-135M-Instruct) and ../shared/data.
 # Two independent lanes run side by side, one CPU thread each (on a 2-core machine this beats two
-# threads per job one after the other). Every command resumes from its caches if re-run.
+# threads per job one after the other). Every command resumes from its caches if re-run (`run --resume`
+# continues an interrupted warm-start; a finished stage asked the same is reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -10,16 +11,16 @@ mkdir -p runs/logs
 LIMIT=${LIMIT:-300}   # commonsense test items per dataset
 
 lane_commonsense() {
-  svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --out runs/cs-lora
+  svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --resume --out runs/cs-lora
   svdecode eval --steered runs/cs-lora --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
     --methods base,peft,peft+svdecode --out runs/eval-cs-lora
-  svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --peft ia3 --out runs/cs-ia3
+  svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --peft ia3 --resume --out runs/cs-ia3
   svdecode eval --steered runs/cs-ia3 --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
     --methods peft,peft+svdecode --out runs/eval-cs-ia3
 }
 
 lane_truthfulqa() {
-  local split=(--data truthfulqa --n-train 400 --n-calib 100 --n-test 317 --seed 0)
+  local split=(--data truthfulqa --n-train 400 --n-calib 100 --n-test 317 --seed 0 --resume)
   local mc=(--tasks truthfulqa_mc --tqa-calib 100 --tqa-test 317 --mc-prompt plain)
   svdecode run "${split[@]}" --out runs/tqa-lora
   svdecode eval --steered runs/tqa-lora "${mc[@]}" --warmstart-fraction 1 \

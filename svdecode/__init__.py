@@ -1,7 +1,5 @@
 """svdecode: Steering Vector Decoding (Hu et al., NeurIPS 2025) for transformers + peft."""
 
-from svdecode.steering import aggregate_mu, confidence_mask, steer_logits, steering_vector, token_mu
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -15,9 +13,16 @@ __all__ = [
     "token_mu",
 ]
 
+_STEERING = ("aggregate_mu", "confidence_mask", "steer_logits", "steering_vector", "token_mu")
+
 
 def __getattr__(name: str):
-    # SteeredModel pulls in transformers; keep `import svdecode` for the pure math light.
+    # Everything is imported on first use: the math pulls in torch, SteeredModel transformers. So
+    # `import svdecode.cli` stays light and the command line handles Ctrl-C from its first moment.
+    if name in _STEERING:
+        from svdecode import steering
+
+        return getattr(steering, name)
     if name == "SteeredModel":
         from svdecode.steered_model import SteeredModel
 

@@ -5,93 +5,67 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from svdecode import checks
+from svdecode.cli_options import (
+    DTYPE_NAMES,
+    KEEP,
+    NONNEG_INT,
+    POS_INT,
+    SEED,
+    VersionAction,
+    add_calibration_args,
+    add_data_args,
+    add_model_args,
+    add_split_args,
+    add_steering_args,
+    check_model_sources,
+    number_type,
+    read_prompt_file,
+)
+from svdecode.errors import InputError, SvdecodeError
 
 log = logging.getLogger("svdecode")
 
-
-KEEP = "keep"
-
-
-def _lam(text: str) -> float | str:
-    """``-inf`` (paper), a float, or ``keep`` (scoring mode: masked tokens keep z_phi)."""
-    if text.lower() in (KEEP, "none"):
-        return KEEP
-    value = float(text)
-    if math.isnan(value) or value == math.inf:
-        raise argparse.ArgumentTypeError(f"lam must be -inf, a finite number or 'keep', got {text}")
-    return value
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("model")
-    src.add_argument(
-        "--steered", help="a directory written by SteeredModel.save_pretrained / svdecode calibrate"
-    )
-    src.add_argument("--adapter", help="a PEFT adapter directory (e.g. from svdecode warmstart)")
-    src.add_argument(
-        "--base", default=None, help="base model: hub id, local path or 'default' (SmolLM2-135M-Instruct)"
-    )
-    src.add_argument(
-        "--two-pass", action="store_true", help="never use one mixed-adapter forward pass (LoRA)"
-    )
-    add_placement_args(src)
-
-
-def add_placement_args(group) -> None:
-    from svdecode.models import DTYPE_NAMES
-
-    group.add_argument(
-        "--dtype",
-        default="float32",
-        type=str.lower,
-        choices=DTYPE_NAMES,
-        help="weights' dtype (auto = the checkpoint's); the steering math is fp32 whatever this is",
-    )
-    group.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: cpu, or --device-map's)"
-    )
-    group.add_argument(
-        "--device-map", default=None, help="transformers/accelerate placement, e.g. auto (excludes --device)"
-    )
-
-
-def add_steering_args(p: argparse.ArgumentParser) -> None:
-    st = p.add_argument_group("steering")
-    st.add_argument("--mu", type=float, default=None, help="steering strength (default: the calibrated one)")
-    st.add_argument("--alpha", type=float, default=None, help="confidence-mask threshold (eq. 12; paper 0.1)")
-    st.add_argument(
-        "--lam", type=_lam, default=None, help="value for masked tokens: -inf (paper), a float, or 'keep'"
-    )
-    st.add_argument(
-        "--method", default=None, choices=("svdecode", "prob_space", "logit_arithmetic", "adapted", "base")
-    )
+__all__ = [
+    "DTYPE_NAMES",
+    "add_data_args",
+    "add_model_args",
+    "add_steering_args",
+    "build_parser",
+    "load_model",
+    "main",
+]
 
 
 def load_model(ns: argparse.Namespace):
     """A SteeredModel from --steered, or from --adapter (+ --base), with steering overrides."""
+    from svdecode import rundir
     from svdecode.models import load_peft, load_tokenizer
     from svdecode.steered_model import SteeredModel
 
+    check_model_sources(ns)
     mixed = False if ns.two_pass else None
     place = dict(dtype=ns.dtype, device=ns.device, device_map=ns.device_map)
     if ns.steered:
-        model = SteeredModel.from_pretrained(ns.steered, base=ns.base, mixed_batch=mixed, **place)
+        model = SteeredModel.from_pretrained(
+            ns.steered, base=ns.base, mixed_batch=mixed, force=ns.force, **place
+        )
     elif ns.adapter:
-        peft_model = load_peft(ns.adapter, ns.base, **place)
+        peft_model = load_peft(ns.adapter, ns.base, force=ns.force, **place)
         tok_src = (
             ns.adapter
             if (Path(ns.adapter) / "tokenizer_config.json").is_file()
             else ns.base or peft_model.active_peft_config.base_model_name_or_path or "default"
         )
         model = SteeredModel.from_peft(peft_model, load_tokenizer(tok_src), mixed_batch=mixed)
+        model.adapter_digest = rundir.adapter_digest(ns.adapter)
     else:
-        raise SystemExit(
-            "error: give --steered DIR or --adapter DIR (see svdecode warmstart to make an adapter)"
-        )
+        raise InputError("give --steered DIR or --adapter DIR (see svdecode warmstart to make an adapter)")
     for key in ("mu", "alpha", "method"):
         if getattr(ns, key, None) is not None:
             setattr(model.steering, key, getattr(ns, key))
@@ -104,27 +78,30 @@ def load_model(ns: argparse.Namespace):
 def cmd_generate(ns: argparse.Namespace) -> int:
     from svdecode.data import format_prompt
 
-    model = load_model(ns)
-    prompts = list(ns.prompt or [])
-    if ns.prompt_file:
-        prompts += [
-            line.rstrip("\n") for line in Path(ns.prompt_file).read_text().splitlines() if line.strip()
-        ]
+    prompts = list(ns.prompt or []) + read_prompt_file(ns.prompt_file)
     if not prompts:
-        raise SystemExit("error: give --prompt TEXT (repeatable) or --prompt-file FILE")
-    prompts = [format_prompt(model.tokenizer, p, ns.chat) for p in prompts]
-    kwargs = dict(max_new_tokens=ns.max_new_tokens, num_beams=ns.num_beams, do_sample=ns.sample)
+        raise InputError("give --prompt TEXT (repeatable) or --prompt-file FILE")
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=ns.max_new_tokens, num_beams=ns.num_beams, do_sample=ns.sample
+    )
     if ns.sample:
         kwargs.update(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p)
     if ns.stop:
+        if not all(ns.stop):
+            raise InputError("--stop must not be empty (an empty stop string would stop at once)")
         kwargs["stop_strings"] = ns.stop
+    checks.check_generation(kwargs, {k: "--" + k.replace("_", "-") for k in kwargs})
+    model = load_model(ns)
+    prompts = [format_prompt(model.tokenizer, p, ns.chat) for p in prompts]
     if ns.seed is not None:
         import torch
 
         torch.manual_seed(ns.seed)
     s = model.steering
     print(f"# method={s.method} mu={s.mu:.4g} alpha={s.alpha} lam={s.lam}", file=sys.stderr)
-    texts = model.generate_text(prompts, batch_size=ns.batch_size, progress=True, **kwargs)
+    texts = model.generate_text(
+        prompts, batch_size=ns.batch_size, progress=True, truncate=ns.truncate, **kwargs
+    )
     for prompt, text in zip(prompts, texts, strict=True):
         if ns.json:
             print(json.dumps({"prompt": prompt, "completion": text}))
@@ -134,21 +111,55 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
+    from svdecode import rundir
+    from svdecode.config import SteeringConfig
     from svdecode.data import load_task, sample
 
-    model = load_model(ns)
+    check_model_sources(ns)
     examples = sample(
         load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows), ns.limit, ns.seed
     )
-    result = model.calibrate(examples, batch_size=ns.batch_size, **calibration_options(ns, examples))
-    print(calibration_report(result))
-    if ns.out:
-        path = model.save_pretrained(ns.out)
-        print(f"saved steering artifact: {path}")
+    options = calibration_options(ns, examples)
+    if not ns.out:
+        model = load_model(ns)
+        result = model.calibrate(examples, batch_size=ns.batch_size, **options)
+        print(calibration_report(result.mu, result.objective, result.stats))
+        return 0
+    out = Path(ns.out)
+    request = _calibration_request(ns, examples, options)
+    with rundir.locked(out):
+        if rundir.reusable_for_adapter(out, request["adapter_sha256"], "calibration", request, ns.overwrite):
+            cfg = SteeringConfig.load(out)
+            print(calibration_report(cfg.mu, cfg.objective, cfg.calibration))
+            print(f"reused: {out} holds this calibration already (pass --overwrite to compute it again)")
+            return 0
+        model = load_model(ns)
+        result = model.calibrate(examples, batch_size=ns.batch_size, **options)
+        print(calibration_report(result.mu, result.objective, result.stats))
+        path = model.save_pretrained(out, overwrite=ns.overwrite, request=request)
+    print(f"saved steering artifact: {path}")
     return 0
 
 
-def calibration_options(ns: argparse.Namespace, examples) -> dict:
+def _calibration_request(ns: argparse.Namespace, examples, options: dict[str, Any]) -> dict[str, Any]:
+    """What ``svdecode calibrate`` is asked: the adapter (by content), base, data, calibration
+    settings and the steering overrides."""
+    from svdecode import rundir
+    from svdecode.fileio import short_hash
+    from svdecode.train.pipeline import calibration_settings
+
+    source = ns.steered or ns.adapter
+    return {
+        "adapter_sha256": rundir.adapter_digest(source) if source else None,
+        "base": ns.base,
+        "data": {"spec": ns.data, "split": ns.split, "limit": ns.limit, "seed": ns.seed,
+                 "n": len(examples), "ids_sha256": short_hash([ex.id for ex in examples])},
+        **calibration_settings(options),
+        "overrides": {k: getattr(ns, k) for k in ("mu", "alpha", "lam", "method")},
+    }  # fmt: skip
+
+
+def calibration_options(ns: argparse.Namespace, examples) -> dict[str, Any]:
     """``SteeredModel.calibrate`` keyword arguments from the calibration flags; the data's own
     multiple-choice view (TruthfulQA MC, commonsense labels) when it has one."""
     from svdecode.eval.choices import calibration_choices
@@ -165,13 +176,12 @@ def calibration_options(ns: argparse.Namespace, examples) -> dict:
     )
 
 
-def calibration_report(result) -> str:
-    """What calibration decided, in a few lines."""
-    st = result.stats
+def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
+    """What calibration decided, in a few lines (from a result's or an artifact's statistics)."""
     guard = st.get("guard") or {}
     lines = [
-        f"mu_bar = {result.mu:.6g} ({result.objective}, {st['n_tokens']} answer tokens from "
-        f"{st['n_examples']} examples, {st.get('n_choice_items', 0)} choice items)",
+        f"mu_bar = {mu:.6g} ({objective}, {st['n_tokens']} answer tokens from {st['n_examples']} examples, "
+        f"{st.get('n_choice_items', 0)} choice items)",
         "objectives: " + ", ".join(f"{k}={v:.4g}" for k, v in st["estimates"].items()),
         "mu*_t quantiles: " + ", ".join(f"{k}={v:.3g}" for k, v in st["quantiles"].items()),
         f"gold token outside the confidence mask: {100 * st['frac_gold_outside_mask']:.1f}%",
@@ -183,36 +193,8 @@ def calibration_report(result) -> str:
     bins = st.get("bins")
     if bins:
         kept = "applied" if bins.get("applied") else "not applied (cross-validation does not prefer them)"
-        mus = ", ".join(f"{m:.3g}" for m in bins["mu"])
-        lines.append(f"confidence-binned strengths [{mus}]: {kept}")
+        lines.append(f"confidence-binned strengths [{', '.join(f'{m:.3g}' for m in bins['mu'])}]: {kept}")
     return "\n".join(lines)
-
-
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
-
-    c = p.add_argument_group("calibration of the strength")
-    c.add_argument(
-        "--objective",
-        default=DEFAULT_OBJECTIVE,
-        choices=OBJECTIVES,
-        help="nll: exact minimiser of the steered NLL; task: best task metric on the data's choices; "
-        "mean/median/trimmed/pooled: the paper's estimators",
-    )
-    c.add_argument("--estimator", dest="objective", choices=OBJECTIVES, help=argparse.SUPPRESS)
-    c.add_argument(
-        "--no-guard",
-        action="store_true",
-        help="apply the fit even if cross-validation finds no held-out gain",
-    )
-    c.add_argument("--folds", type=int, default=5, help="cross-validation folds of the guard")
-    c.add_argument(
-        "--confidence-bins",
-        type=int,
-        default=3,
-        help="also fit one strength per bin of the adapted model's confidence (kept only if "
-        "cross-validation prefers it); 0 or 1: off",
-    )
 
 
 def cmd_warmstart(ns: argparse.Namespace) -> int:
@@ -221,8 +203,9 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
     from svdecode.train.pipeline import split_pool
 
     cfg = warmstart_config_from_args(ns)
+    check_model_sources(ns)
     pool = load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows)
-    splits = split_pool(pool, ns.n_train or ns.limit, ns.n_calib, ns.n_test, ns.seed)
+    splits = split_pool(pool, _n_train(ns), ns.n_calib, ns.n_test, ns.seed)
     splits.manifest["source"] = ns.data
     result = warmstart(
         splits.train,
@@ -242,38 +225,57 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
+    from svdecode.eval.choices import calibration_choices
     from svdecode.train import warmstart_config_from_args
     from svdecode.train.pipeline import run_pipeline
 
+    cfg = warmstart_config_from_args(ns)
+    check_model_sources(ns)
     pool = load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows)
     res = run_pipeline(
         pool,
         ns.out,
-        warmstart_config_from_args(ns),
+        cfg,
         base=ns.base or "default",
-        n_train=ns.n_train or ns.limit,
+        n_train=_n_train(ns),
         n_calib=ns.n_calib,
         n_test=ns.n_test,
         seed=ns.seed,
-        calibration=lambda examples: calibration_options(ns, examples),
+        objective=ns.objective,
+        guard=not ns.no_guard,
+        folds=ns.folds,
+        bins=ns.confidence_bins,
+        choices=calibration_choices,
         source=ns.data,
         resume=ns.resume,
+        overwrite=ns.overwrite,
+        force=ns.force,
     )
     st = res.model.steering
-    ran = ", ".join(res.stages_run) or "nothing (all stages were complete)"
+    ran = ", ".join(res.stages_run) or "nothing (both stages were asked the same before and are reused)"
     print(f"ran: {ran}; mu_bar = {st.mu:.6g} ({st.objective}); artifact in {res.out_dir}")
     if res.calibration is not None:
-        print(calibration_report(res.calibration))
+        print(calibration_report(res.calibration.mu, res.calibration.objective, res.calibration.stats))
     for stage, secs in res.seconds.items():
         print(f"  {stage}: {secs:.0f} s")
     return 0
 
 
+def _n_train(ns: argparse.Namespace) -> int | None:
+    """--n-train, else --limit (both >= 1 when given: 0 never means "all")."""
+    return ns.n_train if ns.n_train is not None else ns.limit
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
+    from svdecode import rundir
     from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
     from svdecode.eval import OpenAIJudge, run_eval
+    from svdecode.eval.runner import check_eval_dir, check_method_names
 
-    model = load_model(ns)
+    check_model_sources(ns)
+    method_names = ns.methods.split(",")
+    check_method_names(method_names)
+    check_eval_dir(ns.out, ns.overwrite)
     tqa, mc_test = truthfulqa_mc_split(ns.tqa_calib, ns.tqa_test, ns.seed)
     data, calib = {}, {}
     if "truthfulqa_mc" in ns.tasks:
@@ -295,24 +297,26 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         else:
             calib["commonsense"] = _recorded_calibration_split(ns)
     judge = OpenAIJudge(ns.judge_url, ns.judge_model) if ns.judge_url else None
-    results = run_eval(
-        model,
-        ns.out,
-        tasks=ns.tasks,
-        method_names=ns.methods.split(","),
-        calib=calib,
-        data=data,
-        seed=ns.seed,
-        batch_size=ns.batch_size,
-        max_new_tokens=ns.max_new_tokens,
-        judge=judge,
-        mc_prompt_style=ns.mc_prompt,
-        objective=ns.objective,
-        guard=not ns.no_guard,
-        folds=ns.folds,
-        bins=ns.confidence_bins,
-        run_info={"command": " ".join(sys.argv), "warmstart_fraction": ns.warmstart_fraction},
-    )
+    with rundir.locked(ns.out):  # a second writer is stopped before the model loads
+        results = run_eval(
+            load_model(ns),
+            ns.out,
+            tasks=ns.tasks,
+            method_names=method_names,
+            calib=calib,
+            data=data,
+            seed=ns.seed,
+            batch_size=ns.batch_size,
+            max_new_tokens=ns.max_new_tokens,
+            judge=judge,
+            mc_prompt_style=ns.mc_prompt,
+            objective=ns.objective,
+            guard=not ns.no_guard,
+            folds=ns.folds,
+            bins=ns.confidence_bins,
+            run_info={"command": " ".join(sys.argv), "warmstart_fraction": ns.warmstart_fraction},
+            overwrite=ns.overwrite,
+        )
     print(Path(ns.out, "results.md").read_text())
     return 0 if results else 1
 
@@ -321,14 +325,18 @@ def _recorded_calibration_split(ns: argparse.Namespace):
     """The calibration split recorded by ``svdecode run`` next to the adapter."""
     from svdecode.data import load_task, splits_from_manifest
 
-    src = Path(ns.steered or ns.adapter)
+    src = Path(ns.steered or ns.adapter or ".")
     manifest = src / "split_manifest.json"
     if not manifest.is_file():
-        raise FileNotFoundError(
-            f"{manifest} not found: give --calib-data to calibrate the commonsense methods"
-        )
-    recorded = json.loads(manifest.read_text())
-    return splits_from_manifest(load_task(recorded.get("source", "commonsense:all"), "train"), recorded).calib
+        raise InputError(f"{manifest} not found: give --calib-data to calibrate the commonsense methods")
+    try:
+        recorded = json.loads(manifest.read_text())
+        pool = load_task(recorded.get("source", "commonsense:all"), "train")
+        return splits_from_manifest(pool, recorded).calib
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as err:
+        raise InputError(
+            f"{manifest} is corrupt ({type(err).__name__}: {err}); give --calib-data instead"
+        ) from err
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
@@ -342,20 +350,9 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from svdecode.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out_dir=ns.out, base=ns.base, n_train=ns.n_train, n_test=ns.n_test, seed=ns.seed))
+    cfg = DemoConfig(out_dir=ns.out, base=ns.base, n_train=ns.n_train, n_test=ns.n_test, seed=ns.seed)
+    run_demo(cfg, overwrite=ns.overwrite)
     return 0
-
-
-class _VersionAction(argparse.Action):
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from svdecode.versions import dependency_versions
-
-        for name, version in dependency_versions().items():
-            print(f"{name} {version}")
-        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument(
-        "--version", action=_VersionAction, help="print svdecode's and its dependencies' versions and exit"
+        "--version", action=VersionAction, help="print svdecode's and its dependencies' versions and exit"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -375,15 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_steering_args(c)
     add_data_args(c, default_split="train")
     add_calibration_args(c)
-    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--batch-size", type=POS_INT, default=8)
     c.add_argument("--out", help="write adapter + steering_config.json here")
+    c.add_argument(
+        "--overwrite", action="store_true", help="replace what --out holds (another calibration, another run)"
+    )
     c.set_defaults(func=cmd_calibrate)
 
     from svdecode.train import add_warmstart_args
 
     w = sub.add_parser("warmstart", help="warm-start a PEFT adapter on task data (paper defaults)")
     add_data_args(w)
-    _add_split_args(w)
+    add_split_args(w)
     w.add_argument("--base", default=None, help="base model (default: SmolLM2-135M-Instruct)")
     w.add_argument("--out", required=True, help="output directory (written atomically)")
     add_warmstart_args(w)
@@ -393,10 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="warm-start -> calibrate mu_bar -> save the artifact (skips finished stages)"
     )
     add_data_args(r)
-    _add_split_args(r)
+    add_split_args(r, min_calib=1)
     r.add_argument("--base", default=None, help="base model (default: SmolLM2-135M-Instruct)")
     r.add_argument("--out", required=True)
     add_calibration_args(r)
+    r.add_argument(
+        "--force", action="store_true", help="reuse a warm-start even on a base whose fingerprint differs"
+    )
     add_warmstart_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -413,9 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--base", default="default")
-    d.add_argument("--n-train", type=int, default=128)
-    d.add_argument("--n-test", type=int, default=40, help="test items per commonsense dataset")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-train", type=POS_INT, default=128)
+    d.add_argument("--n-test", type=POS_INT, default=40, help="test items per commonsense dataset")
+    d.add_argument("--seed", type=SEED, default=0)
+    d.add_argument("--overwrite", action="store_true", help="redo every stage, replacing what --out holds")
     d.set_defaults(func=cmd_demo)
     from svdecode.integrations.server.cli import add_serve_args, run_serve
 
@@ -432,15 +436,20 @@ def _add_generate_parser(sub) -> None:
     g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     g.add_argument("--prompt-file", help="one prompt per line")
     g.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut prompts too long for the model's context to their last tokens",
+    )
+    g.add_argument("--max-new-tokens", type=POS_INT, default=64)
+    g.add_argument("--num-beams", type=POS_INT, default=1)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=number_type(checks.GENERATION_RULES["temperature"]), default=1.0)
+    g.add_argument("--top-k", type=NONNEG_INT, default=50)
+    g.add_argument("--top-p", type=number_type(checks.GENERATION_RULES["top_p"]), default=1.0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--batch-size", type=POS_INT, default=8)
+    g.add_argument("--seed", type=SEED, default=None)
     g.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     g.set_defaults(func=cmd_generate)
 
@@ -465,7 +474,7 @@ def _add_eval_parser(sub) -> None:
     )
     e.add_argument(
         "--limit",
-        type=int,
+        type=POS_INT,
         default=None,
         help="seeded subset of the test items: per commonsense dataset, and of the TruthfulQA test questions",
     )
@@ -474,62 +483,72 @@ def _add_eval_parser(sub) -> None:
         default=None,
         help="commonsense calibration pool (default: the split recorded by svdecode run)",
     )
-    e.add_argument("--n-calib", type=int, default=128)
-    e.add_argument("--tqa-calib", type=int, default=100, help="TruthfulQA calibration questions")
-    e.add_argument("--tqa-test", type=int, default=None, help="TruthfulQA test questions (default: the rest)")
+    e.add_argument("--n-calib", type=POS_INT, default=128)
+    e.add_argument("--tqa-calib", type=POS_INT, default=100, help="TruthfulQA calibration questions")
+    e.add_argument(
+        "--tqa-test", type=POS_INT, default=None, help="TruthfulQA test questions (default: the rest)"
+    )
     e.add_argument("--mc-prompt", default="qa_primer", choices=("qa_primer", "plain"))
     e.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for the open-ended judge")
     e.add_argument("--judge-model", default=None)
-    e.add_argument("--max-new-tokens", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-new-tokens", type=POS_INT, default=None)
+    e.add_argument("--batch-size", type=POS_INT, default=8)
+    e.add_argument("--seed", type=SEED, default=0)
     e.add_argument(
-        "--warmstart-fraction", type=float, default=None, help="recorded for the warm-start-length plot"
+        "--warmstart-fraction",
+        type=number_type(checks.POSITIVE_FLOAT),
+        default=None,
+        help="recorded for the warm-start-length plot",
     )
     e.add_argument("--out", required=True)
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the evaluation --out holds (caches are reused where valid)",
+    )
     add_calibration_args(e)
     e.set_defaults(func=cmd_eval)
 
 
-def _add_split_args(p: argparse.ArgumentParser) -> None:
-    s = p.add_argument_group("split (seeded with --seed, recorded in split_manifest.json)")
-    s.add_argument("--n-train", type=int, default=None, help="training examples (default: all not held out)")
-    s.add_argument("--n-calib", type=int, default=128, help="calibration examples held out of training")
-    s.add_argument("--n-test", type=int, default=None, help="test examples held out of training")
+def _end_progress_bars() -> None:
+    """Close the progress bars a stopped stage left open, so the message starts on its own line."""
+    from tqdm import tqdm
 
-
-def add_data_args(p: argparse.ArgumentParser, default_split: str = "train") -> None:
-    d = p.add_argument_group("data")
-    d.add_argument(
-        "--data",
-        required=True,
-        help="commonsense:<names|all>, truthfulqa, a .jsonl/.json/.csv file, or hub:<name>",
-    )
-    d.add_argument("--split", default=default_split)
-    d.add_argument("--prompt-col", default="prompt")
-    d.add_argument("--answer-col", default="answer")
-    d.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many examples")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument(
-        "--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of failing"
-    )
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("svdecode").setLevel(logging.INFO)
-    from svdecode.config import ConfigError
-    from svdecode.data import DataError
-    from svdecode.models import ModelLoadError
+    """Run one command; returns its exit status: 0 done, 2 a bad input or usage (one line on
+    stderr naming it), 130 / 143 interrupted by Ctrl-C / SIGTERM (one line: what was saved and the
+    command that resumes)."""
+    from svdecode.interrupts import Terminated, interrupted_line, sigterm_as_interrupt
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = None
     try:
-        return ns.func(ns)
-    except (ConfigError, DataError, ModelLoadError, FileNotFoundError, ValueError) as err:
-        print(f"svdecode {ns.command}: error: {err}", file=sys.stderr)
+        with sigterm_as_interrupt():  # from the first moment: the heavy imports happen in ns.func
+            try:
+                ns = build_parser().parse_args(argv)
+            except SystemExit as done:  # --help / --version (0), or a usage error argparse printed (2)
+                return done.code if isinstance(done.code, int) else 2
+            logging.basicConfig(
+                level=logging.INFO if ns.verbose else logging.WARNING,
+                format="%(levelname)s %(name)s: %(message)s",
+            )
+            logging.getLogger("svdecode").setLevel(logging.INFO)
+            return ns.func(ns)
+    except KeyboardInterrupt as err:
+        _end_progress_bars()
+        if ns is None:
+            print("svdecode: interrupted before the command started; nothing was written", file=sys.stderr)
+        else:
+            print(interrupted_line(ns.command, getattr(ns, "out", None), argv, err), file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    except (SvdecodeError, ValueError, OSError) as err:  # the library's errors name the input
+        _end_progress_bars()
+        message = " ".join(str(err).split())
+        print(f"svdecode {ns.command}: error: {message}", file=sys.stderr)
         return 2
 
 

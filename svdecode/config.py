@@ -1,25 +1,166 @@
-"""The steering settings and their JSON artifact (``steering_config.json`` beside the adapter)."""
+"""The steering settings and their JSON artifact (``steering_config.json`` beside the adapter).
+
+The file has a schema, :data:`SCHEMA`: one line per field (type, range, since which format
+version, and how older files get it), checked by one function, :func:`check_fields`. Every field
+is required, typed (no booleans for numbers, no strings for floats), ranged, and unknown fields
+are refused; each error names the file and the field. Files of an older ``format_version`` load
+through explicit migrations of the fields they predate; ``mu`` never has a default.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svdecode.checks import UNIT_INTERVAL, Rule
+from svdecode.errors import SvdecodeError
 from svdecode.fileio import write_json_atomic
+from svdecode.objectives import OBJECTIVES
 
 CONFIG_NAME = "steering_config.json"
-FORMAT_VERSION = 1
+# 2: the schema below; lam is a number, "-inf" or null (1 wrote finite values as strings too).
+# 3: "objective" (was "estimator": every objective of svdecode.objectives) and "mu_bins".
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 
 # How the two distributions are combined (the first is the method; the rest are the comparisons
 # and ablations the evaluation needs, computed from the same two streams).
 METHODS = ("svdecode", "prob_space", "logit_arithmetic", "adapted", "base")
 
 
-class ConfigError(ValueError):
+class ConfigError(SvdecodeError, ValueError):
     """A steering configuration file is missing, corrupt or incompatible."""
+
+
+_REQUIRED = object()  # a field's ``migrate`` when older files must have it too
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of ``steering_config.json``.
+
+    ``kind``: "number" (int or float, finite, within ``rule``), "lam" (a finite number, -inf, or
+    null), "str", "object" (a JSON object). ``since``: the format_version that introduced it;
+    ``migrate``: its value in files older than that.
+    """
+
+    kind: str
+    description: str
+    rule: Rule | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    since: int = 1
+    migrate: Any = _REQUIRED
+    check: Callable[[Any], str | None] | None = None  # a structural check of an "object" field
+
+
+# A new field is one line here. Files written before it lack it: bump FORMAT_VERSION (and add it to
+# SUPPORTED_VERSIONS), give the field since=<the new version> and migrate=<its value in older files>
+# (a callable for a fresh dict/list); a field without a safe value for old files keeps migrate unset.
+SCHEMA: dict[str, FieldSpec] = {
+    "mu": FieldSpec("number", "the steering strength mu_bar (eq. 14)"),
+    "alpha": FieldSpec("number", "the confidence-mask threshold (eq. 12)", rule=UNIT_INTERVAL),
+    "lam": FieldSpec("lam", "the value of masked tokens: -inf, a finite number, or null", nullable=True),
+    "method": FieldSpec("str", "how the two distributions are combined", choices=METHODS),
+    "objective": FieldSpec("str", "the calibration objective that chose mu", choices=OBJECTIVES),
+    "mu_bins": FieldSpec(
+        "object",
+        "strengths per bin of the adapted model's confidence, applied instead of mu (or null)",
+        nullable=True,
+        since=3,
+        migrate=None,
+        check=lambda v: _mu_bins_problem(v),
+    ),
+    "calibration": FieldSpec("object", "the calibration statistics ({} when mu was set by hand)"),
+    "base_model": FieldSpec("str", "the base model's hub id or path", nullable=True),
+    "adapted_model": FieldSpec(
+        "str", "a fully fine-tuned checkpoint, when there is no adapter", nullable=True
+    ),
+    "adapter_type": FieldSpec("str", "the peft method (LORA, IA3, ...) or FULL", nullable=True),
+    "library_version": FieldSpec("str", "the svdecode version that wrote the file"),
+}
+
+
+def _lam_problem(value: Any, from_file: bool, version: int) -> tuple[str | None, Any]:
+    """(problem, value as a float or None) of a ``lam``; JSON has no infinity, so files say "-inf"."""
+    if isinstance(value, str) and from_file:
+        if value.strip().lower() == "-inf":
+            return None, float("-inf")
+        if version == 1:  # format 1 wrote every lam with repr(), e.g. "-5.0"
+            try:
+                return _lam_problem(float(value), False, version)
+            except ValueError:
+                pass
+        return 'must be a number, "-inf" or null', value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "must be a number, -inf or null", value
+    if math.isnan(value) or value == math.inf:
+        return "must be finite or -inf (NaN and +inf would make every masked token win)", value
+    return None, float(value)
+
+
+def _problem(spec: FieldSpec, value: Any, from_file: bool, version: int) -> tuple[str | None, Any]:
+    """What is wrong with ``value`` for ``spec`` (None when nothing), and the value to keep."""
+    if value is None:
+        return (None, None) if spec.nullable else ("must not be null", value)
+    if spec.kind == "lam":
+        return _lam_problem(value, from_file, version)
+    if spec.kind == "number":
+        rule = spec.rule or Rule("float")
+        if rule.accepts(value):
+            return None, float(value)
+        typed = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return f"must be {rule.describe()}, got {'' if typed else type(value).__name__ + ' '}{value!r}", value
+    if spec.kind == "str":
+        if not isinstance(value, str):
+            return f"must be a string, got {type(value).__name__} {value!r}", value
+        if spec.choices and value not in spec.choices:
+            return f"must be one of {', '.join(spec.choices)}, got {value!r}", value
+        return None, value
+    if not isinstance(value, dict):
+        return f"must be a JSON object, got {type(value).__name__}", value
+    return (spec.check(value) if spec.check else None), value
+
+
+def _mu_bins_problem(value: dict[str, Any]) -> str | None:
+    edges, mus = value.get("edges"), value.get("mu")
+    if set(value) != {"observable", "edges", "mu"} or value["observable"] != "log_max_p_adapted":
+        return 'must be {"observable": "log_max_p_adapted", "edges": [...], "mu": [...]}'
+    if not isinstance(edges, list) or not isinstance(mus, list) or len(mus) != len(edges) + 1:
+        return "needs one more strength ('mu') than bin edges ('edges')"
+    finite = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in edges + mus
+    )
+    if not finite or edges != sorted(edges):
+        return "edges and strengths must be finite numbers, the edges increasing"
+    return None
+
+
+def check_fields(
+    data: Mapping[str, Any], source: str, *, version: int = FORMAT_VERSION, from_file: bool = True
+) -> dict[str, Any]:
+    """Check ``data`` against :data:`SCHEMA` and return the field values (lam as a float); fields
+    an older ``version`` predates get their ``migrate`` value. Raises :class:`ConfigError` naming
+    ``source`` and the field."""
+    unknown = sorted(set(data) - set(SCHEMA) - {"format_version"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(SCHEMA)}")
+    values: dict[str, Any] = {}
+    for name, spec in SCHEMA.items():
+        if name not in data:
+            if version < spec.since and spec.migrate is not _REQUIRED:
+                values[name] = spec.migrate() if callable(spec.migrate) else spec.migrate
+                continue
+            raise ConfigError(f"{source}: field {name!r} is missing; it is required: {spec.description}")
+        problem, values[name] = _problem(spec, data[name], from_file, version)
+        if problem:
+            raise ConfigError(f"{source}: field {name!r} {problem}; {name} is {spec.description}")
+    return values
 
 
 @dataclass
@@ -34,9 +175,8 @@ class SteeringConfig:
     alpha: float = 0.1
     lam: float | None = float("-inf")
     method: str = "svdecode"
-    objective: str = "nll"  # what chose mu (svdecode.objectives.OBJECTIVES; "estimator" before 0.2)
-    # strengths that follow the adapted model's confidence, when calibration kept them:
-    # {"observable": "log_max_p_adapted", "edges": [...], "mu": [...]} (len(mu) = len(edges) + 1)
+    objective: str = "nll"  # what chose mu (svdecode.objectives.OBJECTIVES; "estimator" before format 3)
+    # strengths that follow the adapted model's confidence, when calibration kept them
     mu_bins: dict[str, Any] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     base_model: str | None = None
@@ -48,32 +188,13 @@ class SteeringConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.mu, (int, float)) or not math.isfinite(self.mu):
-            raise ConfigError(f"steering strength mu must be a finite number, got {self.mu!r}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if self.lam is not None and (
-            not isinstance(self.lam, (int, float))
-            or math.isnan(self.lam)
-            or self.lam > 0
-            and math.isinf(self.lam)
-        ):
-            raise ConfigError(f"lam must be -inf, a finite float or None, got {self.lam!r}")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown steering method {self.method!r}; choose one of {METHODS}")
-        if self.mu_bins is not None:
-            edges, mus = self.mu_bins.get("edges"), self.mu_bins.get("mu")
-            if not isinstance(edges, list) or not isinstance(mus, list) or len(mus) != len(edges) + 1:
-                raise ConfigError(f"mu_bins needs 'edges' and one more 'mu' than edges, got {self.mu_bins!r}")
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in edges + mus):
-                raise ConfigError(f"mu_bins edges and strengths must be finite numbers, got {self.mu_bins!r}")
-            if self.mu_bins.get("observable") != "log_max_p_adapted":
-                raise ConfigError(f"unknown mu_bins observable {self.mu_bins.get('observable')!r}")
+        """Check every field against :data:`SCHEMA` (raises :class:`ConfigError`)."""
+        check_fields({name: getattr(self, name) for name in SCHEMA}, "steering settings", from_file=False)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        # JSON has no infinity: store lam as a string so the file stays standard JSON.
-        data["lam"] = None if self.lam is None else repr(float(self.lam))
+        # JSON has no infinity: -inf is stored as "-inf" so the file stays standard JSON.
+        data["lam"] = None if self.lam is None else ("-inf" if self.lam == -math.inf else float(self.lam))
         data["format_version"] = FORMAT_VERSION
         return data
 
@@ -82,23 +203,14 @@ class SteeringConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
             raise ConfigError(
-                f"{source}: format_version {version!r} is not supported by this svdecode (expects {FORMAT_VERSION})"
+                f"{source}: format_version {version!r} is not supported by this svdecode (reads "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))}); was it written by a newer svdecode?"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"format_version", "estimator"}
-        if unknown:
-            raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
-        if "estimator" in data and "objective" not in data:  # written before objectives existed
-            data["objective"] = data.pop("estimator")
-        data = {k: v for k, v in data.items() if k in known}
-        try:
-            if data.get("lam") is not None:
-                data["lam"] = float(data["lam"])
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from err
+        if version < 3 and "estimator" in data:  # renamed in format 3, same values
+            data = {("objective" if k == "estimator" else k): v for k, v in data.items()}
+        return cls(**check_fields(data, source, version=version))
 
     def save(self, directory: str | Path) -> Path:
         """Write ``steering_config.json`` atomically (temp file + rename)."""

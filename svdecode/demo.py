@@ -14,11 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
+from svdecode import rundir
+from svdecode.checks import POSITIVE_INT, SEED, check, check_model_source
+from svdecode.data import COMMONSENSE_DATASETS, load_commonsense, sample, truthfulqa_mc_split
+from svdecode.errors import InputError
 from svdecode.eval import run_eval
 from svdecode.eval.choices import calibration_choices
 from svdecode.eval.report import render_report
-from svdecode.train import WarmstartConfig
+from svdecode.eval.runner import check_eval_dir, check_method_names
+from svdecode.train import METHODS, WarmstartConfig
 from svdecode.train.pipeline import run_pipeline
 
 DEMO_DATASETS = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa", "social_i_qa", "winogrande")
@@ -42,16 +46,32 @@ class DemoConfig:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Every option in range (and the output directory usable) before the warm-start starts."""
+        for name in ("n_train", "n_calib", "n_test", "tqa_calib", "tqa_test", "max_new_tokens", "batch_size"):
+            check(name, getattr(self, name), POSITIVE_INT)
+        check("seed", self.seed, SEED)
+        if self.peft not in METHODS:
+            raise InputError(f"peft={self.peft!r}: choose one of {', '.join(METHODS)}")
+        unknown = [d for d in self.datasets if d not in COMMONSENSE_DATASETS]
+        if unknown or not self.datasets:
+            raise InputError(f"datasets {unknown or '[]'}: choose among {', '.join(COMMONSENSE_DATASETS)}")
+        check_method_names(list(self.methods))
+        check_model_source(self.base)
 
-def _calibration_options(examples) -> dict:
-    """Calibrate the artifact's strength like `svdecode run`: with the examples' label options."""
-    choices, metric = calibration_choices(examples)
-    return {"choices": choices, "choice_metric": metric}
 
-
-def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
-    """Run the demo; returns the path of the rendered report."""
+def run_demo(cfg: DemoConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run the demo; returns the path of the rendered report. A rerun continues where an
+    interrupted one stopped (the warm-start from its last checkpoint, the evaluation from its
+    caches); ``overwrite`` redoes every stage (see docs/run_directories.md)."""
+    cfg.validate()
     out = Path(cfg.out_dir)
+    check_eval_dir(out / "eval", overwrite)
+    with rundir.locked(out):
+        return _run_demo(cfg, out, progress, overwrite)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, progress: bool, overwrite: bool) -> Path:
     timings: dict[str, float] = {}
     t0 = time.time()
     pool = load_commonsense("all", "train")
@@ -63,8 +83,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         n_train=cfg.n_train,
         n_calib=cfg.n_calib,
         seed=cfg.seed,
-        calibration=_calibration_options,
+        choices=calibration_choices,
         source="commonsense:all",
+        resume=not overwrite,  # the demo continues its own interrupted warm-start
+        overwrite=overwrite,
         progress=progress,
     )
     timings["warmstart+calibrate"] = time.time() - t0
@@ -97,6 +119,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
             "tqa_test": cfg.tqa_test,
             "warmstart": pipe.warmstart_info.get("summary", {}),
         },
+        overwrite=overwrite,
     )
     timings["evaluate"] = time.time() - t1
     report = render_report([out / "eval" / "results.json"], out / "report")

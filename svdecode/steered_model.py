@@ -12,7 +12,7 @@ import copy
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,22 @@ from tqdm.auto import tqdm
 from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from svdecode import steering
+from svdecode import rundir, steering
 from svdecode.calibration import CalibrationResult, calibrate_streams
+from svdecode.checks import (
+    POSITIVE_INT,
+    Rule,
+    check,
+    check_generation,
+    check_pairs_fit,
+    context_size,
+    encode_prompts,
+    existing_dir,
+)
 from svdecode.config import CONFIG_NAME, SteeringConfig
+from svdecode.errors import InputError
 from svdecode.kv_cache import StreamCache
-from svdecode.models import load_base, load_peft, load_tokenizer
+from svdecode.models import load_base, load_peft, load_tokenizer, same_adapter_weights
 from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.scoring import batches, encode_pairs, split_pairs
 from svdecode.streams import (
@@ -78,6 +89,9 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         self.wrapped = nn.ModuleList(streams.modules)
         self.steering = steering_config or SteeringConfig()
         self.tokenizer = tokenizer
+        # The content hash of the adapter folder this model was loaded from (rundir.adapter_digest):
+        # save_pretrained writes only the steering settings into a folder that already holds it.
+        self.adapter_digest: str | None = None
         gen_cfg = getattr(streams.modules[0], "generation_config", None)
         if gen_cfg is not None:
             self.generation_config = copy.deepcopy(gen_cfg)
@@ -136,18 +150,29 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         dtype: str | torch.dtype | None = torch.float32,
         device: str | torch.device | None = None,
         device_map: str | dict[str, Any] | None = None,
+        force: bool = False,
     ) -> SteeredModel:
         """Restore base model + adapter + steering settings saved by :meth:`save_pretrained`.
 
         ``dtype`` (``"bfloat16"``, ``torch.float16``, ``"auto"``, ...) is the weights' dtype, the
         steering math stays fp32; ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``, ``"auto"``) or
-        ``device_map`` (passed to transformers) place the weights.
+        ``device_map`` (passed to transformers) place the weights. The base must match the
+        fingerprint the warm-start recorded; ``force=True`` loads the adapter onto it anyway.
         """
-        directory = Path(directory)
+        directory = existing_dir(directory, "steered model directory")
         cfg = SteeringConfig.load(directory)
+        entry = rundir.stage_entry(directory, "calibration")
+        changed = rundir.modified_outputs(directory, entry) if entry else []
+        if changed:
+            log.warning(
+                "%s: %s changed since svdecode wrote them; using them as they are",
+                directory,
+                ", ".join(changed),
+            )
         place = dict(dtype=dtype, device=device, device_map=device_map)
         if (directory / "adapter_config.json").is_file():
-            peft_model = load_peft(directory, base if base is not None else cfg.base_model, **place)
+            base_arg = base if base is not None else cfg.base_model
+            peft_model = load_peft(directory, base_arg, force=force, **place)
             has_tok = (directory / "tokenizer_config.json").is_file()
             tok = load_tokenizer(
                 str(directory) if has_tok else peft_model.active_peft_config.base_model_name_or_path
@@ -165,26 +190,75 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             raise FileNotFoundError(
                 f"{directory} has {CONFIG_NAME} but neither adapter_config.json nor an adapted_model entry"
             )
-        return cls(streams, cfg, tok)
+        model = cls(streams, cfg, tok)
+        model.adapter_digest = rundir.adapter_digest(directory)
+        return model
 
-    def save_pretrained(self, directory: str | Path, **_: Any) -> Path:  # type: ignore[override]
-        """Write adapter, tokenizer and ``steering_config.json``; the config goes last, so a
-        directory is only loadable once everything is in place."""
+    def save_pretrained(  # type: ignore[override]
+        self,
+        directory: str | Path,
+        *,
+        overwrite: bool = False,
+        request: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> Path:
+        """Write adapter, tokenizer and ``steering_config.json`` (last, so a directory is only
+        loadable once everything is in place) and record the calibration stage in its run
+        manifest (:mod:`svdecode.rundir`), under the directory's lock.
+
+        A directory that holds the adapter this model was loaded from gets only the new steering
+        settings. One that holds another run (another adapter, an evaluation) or was written by an
+        older svdecode is refused unless ``overwrite=True``, which removes that run's files first
+        and names them. ``request``: what the calibration was asked, for the manifest (default:
+        the steering settings).
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"output directory {str(directory)!r} is a file, not a directory")
+        with rundir.locked(directory):
+            write_adapter = self._claim(directory, overwrite)
+            directory.mkdir(parents=True, exist_ok=True)
+            written = self._write_weights(directory, write_adapter)
+            self.steering.library_version = _version()
+            path = self.steering.save(directory)
+            settings = {
+                k: getattr(self.steering, k) for k in ("alpha", "lam", "method", "objective", "mu_bins")
+            }
+            rundir.record_stage(
+                directory, "calibration", request or {"settings": settings}, [CONFIG_NAME, *written]
+            )
+            self.adapter_digest = rundir.adapter_digest(directory)
+        return path
+
+    def _claim(self, directory: Path, overwrite: bool) -> bool:
+        """Whether the adapter must be written into ``directory`` (:func:`rundir.claim`)."""
+        target = rundir.adapter_digest(directory)
+        own = target is not None and (
+            target == self.adapter_digest
+            or self.adapter_digest is None
+            and hasattr(self.wrapped[0], "peft_config")
+            and same_adapter_weights(self.wrapped[0], directory)
+        )
+        return rundir.claim(directory, own, overwrite)
+
+    def _write_weights(self, directory: Path, write_adapter: bool) -> list[str]:
+        """Adapter (when asked) and tokenizer (when missing) through a temporary folder."""
+        written = []
         with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
             tmp_path = Path(tmp)
-            if hasattr(self.wrapped[0], "peft_config"):
+            if write_adapter and hasattr(self.wrapped[0], "peft_config"):
                 self.wrapped[0].save_pretrained(tmp_path)
-            if self.tokenizer is not None:
+            if self.tokenizer is not None and (
+                write_adapter or not (directory / "tokenizer_config.json").is_file()
+            ):
                 self.tokenizer.save_pretrained(tmp_path)
-            for item in tmp_path.iterdir():
+            for item in sorted(tmp_path.iterdir()):
                 target = directory / item.name
                 if target.is_dir():
                     shutil.rmtree(target)
                 item.replace(target)
-        self.steering.library_version = _version()
-        return self.steering.save(directory)
+                written.append(item.name)
+        return written
 
     # -- the steered distribution --------------------------------------------------------------
     def combine(self, z_phi: torch.Tensor, z_theta: torch.Tensor) -> torch.Tensor:
@@ -240,23 +314,90 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             raise ValueError("this SteeredModel has no tokenizer; pass tokenizer= when building it")
         return self.tokenizer
 
+    # -- input checks ----------------------------------------------------------------------------
+    def context_room(self) -> int | None:
+        """How many tokens of input and output fit the model's positions (None: no limit known);
+        prompt-learning adapters' virtual tokens take positions too."""
+        size = context_size(self.config)
+        if size is None:
+            return None
+        peft_cfg = getattr(self.wrapped[0], "active_peft_config", None)
+        virtual = (
+            getattr(peft_cfg, "num_virtual_tokens", 0)
+            if getattr(peft_cfg, "is_prompt_learning", False)
+            else 0
+        )
+        return size - (virtual or 0)
+
+    def _new_tokens(self, kwargs: Mapping[str, Any]) -> int:
+        gen_cfg = kwargs.get("generation_config") or self.generation_config
+        return kwargs.get("max_new_tokens") or getattr(gen_cfg, "max_new_tokens", None) or 0
+
+    def generate(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """``GenerationMixin.generate`` after checking its parameters against the ranges
+        transformers defines and the prompt length against the model's context."""
+        check_generation(kwargs)
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        room = self.context_room()
+        if room is not None and isinstance(ids, torch.Tensor) and ids.ndim == 2:
+            new = self._new_tokens(kwargs)
+            if ids.shape[1] + new > room:
+                raise InputError(
+                    f"the input has {ids.shape[1]} tokens and {new} new ones are asked for, more than the "
+                    f"model's context of {room} tokens; shorten the input or lower max_new_tokens"
+                )
+        return super().generate(*args, **kwargs)
+
     # -- text-level helpers ----------------------------------------------------------------------
+    def encode_prompts(
+        self, prompts: Sequence[str], max_new_tokens: int = 0, truncate: bool = False
+    ) -> list[list[int]]:
+        """Token ids of each prompt, checked against the context (``truncate``: keep each one's
+        last tokens instead of refusing); an empty prompt starts from the BOS (else EOS) token."""
+        return encode_prompts(
+            self._require_tokenizer(), prompts, self.context_room(), max_new_tokens, truncate
+        )
+
     def generate_text(
-        self, prompts: Sequence[str], batch_size: int = 8, progress: bool = False, **generate_kwargs: Any
+        self,
+        prompts: Sequence[str],
+        batch_size: int = 8,
+        progress: bool = False,
+        truncate: bool = False,
+        **generate_kwargs: Any,
     ) -> list[str]:
-        """Generate continuations for ``prompts`` (left-padded batches); returns only new text."""
+        """Generate continuations for ``prompts`` (left-padded batches); returns only new text.
+
+        Prompts longer than the model's context (less ``max_new_tokens``) are refused, or with
+        ``truncate=True`` cut to their last tokens; an empty prompt starts from the BOS token."""
+        check("batch_size", batch_size, POSITIVE_INT)
+        check_generation(generate_kwargs)
         tok = self._require_tokenizer()
+        rows = self.encode_prompts(prompts, self._new_tokens(generate_kwargs), truncate)
         tok.padding_side = "left"
         generate_kwargs.setdefault("pad_token_id", tok.pad_token_id)
         if "stop_strings" in generate_kwargs:
             generate_kwargs.setdefault("tokenizer", tok)
         outputs: list[str] = []
-        for sl in tqdm(list(batches(len(prompts), batch_size)), desc="generating", disable=not progress):
-            enc = tok(list(prompts[sl]), return_tensors="pt", padding=True).to(self.device)
+        for sl in tqdm(list(batches(len(rows), batch_size)), desc="generating", disable=not progress):
+            enc = tok.pad({"input_ids": rows[sl]}, padding=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 out = self.generate(**enc, **generate_kwargs)
             outputs.extend(tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True))
         return outputs
+
+    def _check_pairs(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        max_length: int | None,
+        batch_size: int,
+        trim: float = 0.1,
+    ) -> None:
+        """Scoring/calibration arguments in range, and every pair within the model's context."""
+        check("batch_size", batch_size, POSITIVE_INT)
+        check("trim", trim, Rule("float", lo=0, hi=0.5, hi_open=True))
+        check_pairs_fit(self._require_tokenizer(), prompts, answers, self.context_room(), max_length)
 
     def score(
         self,
@@ -273,6 +414,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         for multiple-choice scoring, and report which one was used.
         """
         tok = self._require_tokenizer()
+        self._check_pairs(prompts, answers, max_length, batch_size)
         out: list[torch.Tensor] = []
         for sl in tqdm(list(batches(len(prompts), batch_size)), desc="scoring", disable=not progress):
             batch = encode_pairs(tok, prompts[sl], answers[sl], max_length=max_length)
@@ -314,6 +456,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         if estimator is not None:
             objective = estimator
         prompts, answers = split_pairs(pairs)
+        self._check_pairs(prompts, answers, max_length, batch_size, trim)
         ids = [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]
         result = calibrate_streams(
             self.streams,

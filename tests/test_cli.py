@@ -14,7 +14,7 @@ from svdecode.config import CONFIG_NAME
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("base")
-    make_model(len(tokenizer)).save_pretrained(path)
+    make_model(len(tokenizer), max_positions=1024).save_pretrained(path)  # TruthfulQA prompts: ~520 tokens
     tokenizer.save_pretrained(path)
     return path
 
@@ -39,7 +39,7 @@ def test_run_then_generate_calibrate_and_skip(base_dir, data_file, tmp_path, cap
     assert manifest["source"] == str(data_file) and len(manifest["ids"]["train"]) == 8
     assert not set(manifest["ids"]["train"]) & set(manifest["ids"]["calib"])
 
-    assert main([*args, "--out", str(out)]) == 0  # both stages complete: nothing reruns
+    assert main([*args, "--out", str(out), "--lr", "1e-2"]) == 0  # same request: nothing reruns
     assert "ran: nothing" in capsys.readouterr().out
 
     assert (
@@ -71,7 +71,9 @@ def test_run_then_generate_calibrate_and_skip(base_dir, data_file, tmp_path, cap
         "--estimator",
         "median",
     ]
-    assert main([*cal, "--out", str(out)]) == 0
+    assert main([*cal, "--out", str(out)]) == 2  # another calibration is recorded there
+    assert "holds a calibration asked for something else" in capsys.readouterr().err
+    assert main([*cal, "--out", str(out), "--overwrite"]) == 0
     assert "mu_bar = " in capsys.readouterr().out
     recal = json.loads((out / CONFIG_NAME).read_text())
     assert recal["objective"] == "median" and recal["calibration"]["n_examples"] == 6  # --estimator: old name

@@ -59,3 +59,32 @@ def test_calibrate_on_boolq(steered):
     assert result.stats["n_tokens"] == n_answer
     assert math.isfinite(result.mu) and result.mu == steered.steering.mu
     assert result.token_mu.shape == (n_answer,)
+
+
+@pytest.mark.slow
+def test_a_warm_started_default_adapter_loads_with_plain_peft(tmp_path):
+    """The adapter names the hub id (plain peft can fetch it); offline, the converted copy is the
+    same model, and plain transformers + peft load the adapter onto it."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from svdecode.data import Example
+    from svdecode.models import DEFAULT_HUB_ID, default_model_path
+    from svdecode.train import WarmstartConfig, warmstart
+
+    exs = [Example(f"t/{i}", "t", f"Q: is {i} even?\nA:", " yes" if i % 2 == 0 else " no") for i in range(4)]
+    res = warmstart(
+        exs, tmp_path / "o", WarmstartConfig(max_steps=1, lr=1e-3), base="default", progress=False
+    )
+    assert (
+        json.loads((tmp_path / "o" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == DEFAULT_HUB_ID
+    )
+    plain = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(default_model_path()), str(tmp_path / "o")
+    )
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(input_ids=ids).logits, res.model(input_ids=ids).logits)

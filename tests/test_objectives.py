@@ -5,6 +5,7 @@ turns steering off on a case built to have no gain, binned strengths reach decod
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,8 +148,15 @@ def test_calibrate_records_every_objective_the_guard_and_the_artifact(tokenizer,
 
 
 def test_old_artifacts_with_an_estimator_load_as_their_objective():
-    cfg = SteeringConfig.from_json({"format_version": 1, "mu": 0.5, "estimator": "median"})
-    assert cfg.objective == "median" and cfg.mu_bins is None
+    old = json.loads((Path(__file__).parent / "fixtures/run_v0/adapter/steering_config.json").read_text())
+    assert old["format_version"] == 1 and old["estimator"] == "mean"
+    cfg = SteeringConfig.from_json(old, "run_v0")
+    assert cfg.objective == "mean" and cfg.mu_bins is None and cfg.mu == old["mu"]
+    v2 = {**SteeringConfig().to_json(), "format_version": 2, "estimator": "median"}
+    del v2["objective"], v2["mu_bins"]
+    assert SteeringConfig.from_json(v2).objective == "median"
+    with pytest.raises(Exception, match="'objective'"):
+        SteeringConfig.from_json({**SteeringConfig().to_json(), "objective": "mode"})
 
 
 def test_binned_strengths_reach_decoding(tokenizer):

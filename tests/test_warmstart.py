@@ -516,3 +516,40 @@ def test_config_json_round_trip():
     assert again == cfg
     with pytest.raises(WarmstartError, match="unknown warm-start option"):
         WarmstartConfig.from_dict({"lora_rank": 4})
+
+
+# ---------------------------------------------------------------------------------------------
+# Portable adapters: the recorded base is one plain transformers + peft can load
+
+
+def test_plain_peft_loads_the_adapter_from_its_recorded_base(tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tmp_path / "base"
+    make_model(len(tokenizer)).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    out = tmp_path / "o"
+    res = warmstart(examples(), out, fast(max_steps=2), model=make_model(len(tokenizer)), tokenizer=tokenizer,
+                    base=str(base_dir))  # fmt: skip
+    recorded = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(base_dir.resolve())
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded), str(out)).eval()
+    ids = probe_ids(tokenizer)
+    torch.testing.assert_close(logits(plain, ids), logits(res.model, ids))
+
+
+def test_the_default_model_is_recorded_by_its_hub_id(tokenizer, tmp_path, monkeypatch):
+    from svdecode import models
+
+    out = tmp_path / "o"
+    warmstart(examples(), out, fast(max_steps=1), model=make_model(len(tokenizer)), tokenizer=tokenizer,
+              base="default")  # fmt: skip
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == models.DEFAULT_HUB_ID
+    )
+    assert read_info(out)["base"] == models.DEFAULT_HUB_ID
+    # svdecode's own loader still maps the hub id to the local converted copy, offline
+    monkeypatch.setattr(models, "default_model_path", lambda: tmp_path / "converted")
+    assert models.resolve_model_path(models.DEFAULT_HUB_ID) == str(tmp_path / "converted")

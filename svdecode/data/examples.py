@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svdecode.errors import SvdecodeError
+
 log = logging.getLogger("svdecode")
 
 
@@ -37,7 +39,7 @@ class Splits:
     manifest: dict[str, Any]
 
 
-class DataError(ValueError):
+class DataError(SvdecodeError, ValueError):
     """A data file or dataset that cannot be used as asked: the message names file and row."""
 
 

@@ -151,6 +151,9 @@ def collect(
     if bad and not skip_bad_rows:
         shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
         raise DataError(f"{source}: {len(bad)} bad row(s): {shown} (skip_bad_rows=True leaves them out)")
+    if not good:
+        why = f"all {len(bad)} row(s) are bad, e.g. {bad[0]}" if bad else "it holds no rows"
+        raise DataError(f"{source}: no usable examples: {why}")
     if bad:
         log.warning("%s: skipped %d bad row(s), kept %d; first: %s", source, len(bad), len(good), bad[0])
     return ExampleList(good, skipped=[f"{source}: {b}" for b in bad])

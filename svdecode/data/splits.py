@@ -65,6 +65,10 @@ def make_splits(
     else:
         t = _size(n_test, total, "n_test")
         tr = total - c - t if n_train is None else _size(n_train, total, "n_train")
+    if c + max(t, 0) > total:
+        raise DataError(
+            f"asked for {c} calibration (n_calib) + {max(t, 0)} test (n_test) examples, but there are only {total}"
+        )
     if min(t, tr) < 0 or c + t + tr > total:
         raise DataError(f"asked for {c} calib + {t} test + {tr} train examples, but there are only {total}")
     asked = {"calibration": (n_calib, c), "test": (n_test, t), "train": (n_train, tr)}

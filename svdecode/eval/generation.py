@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from svdecode.errors import InputError
 from svdecode.eval.methods import GREEDY, MethodSpec, using_method
 from svdecode.scoring import batches
 
@@ -44,6 +45,21 @@ def _batch_seed(seed: int, name: str, first_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"{name}\x00{first_id}".encode())) % (2**31)
 
 
+def _check_context(model, prompts: Sequence[str], ids: Sequence[str], max_new_tokens: int, desc: str) -> None:
+    """Refuse prompts that, with ``max_new_tokens``, do not fit the model's positions (before any
+    batch runs, for the plain methods too: running past them gives silently degraded text)."""
+    room = model.context_room()
+    if room is None or not prompts:
+        return
+    lengths = [len(x) for x in model.tokenizer(list(prompts)).input_ids]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[i] + max_new_tokens > room:
+        raise InputError(
+            f"{desc}: item {ids[i]} has a {lengths[i]}-token prompt; with max_new_tokens={max_new_tokens} it "
+            f"exceeds the model's context of {room} tokens; lower max_new_tokens or use a longer-context model"
+        )
+
+
 def generate_batches(
     model,
     spec: MethodSpec,
@@ -65,6 +81,7 @@ def generate_batches(
     tok = model.tokenizer
     if tok is None:
         raise ValueError("the model has no tokenizer")
+    _check_context(model, prompts, ids, max_new_tokens, desc)
     tok.padding_side = "left"
     decoding = dict(spec.decoding or GREEDY)
     dec_seed = decoding.pop("seed", seed)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.errors import InputError
 from svdecode.eval.plots import (
     plot_alpha_sweep,
     plot_mu_curve,
@@ -265,10 +266,19 @@ def _curve_section(curve: Mapping[str, Any]) -> str:
 
 
 def _load(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """A results.json (or the folder holding one), with errors naming the file."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    return json.loads(path.read_text()), path.parent
+    if not path.is_file():
+        raise InputError(f"results file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+        raise InputError(f"{path} is not an svdecode results file (no 'tasks' object)")
+    return data, path.parent
 
 
 def render_report(
@@ -278,10 +288,10 @@ def render_report(
     (or folders holding one); returns the Markdown path."""
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     runs = [_load(p) for p in results_json_paths]
     if not runs:
         raise ValueError("no results given")
+    out.mkdir(parents=True, exist_ok=True)
     labels = (
         list(labels)
         if labels is not None

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from svdecode import rundir
+from svdecode.checks import NONNEGATIVE_INT, POSITIVE_INT, SEED, UNIT_INTERVAL, check
+from svdecode.errors import InputError
 from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.compare import paired_comparisons
@@ -26,14 +29,16 @@ from svdecode.eval.methods import (
     STANDARD_METHODS,
     MethodSet,
     MethodSpec,
+    _specs_for,
     build_methods,
+    expand_method_names,
     lam_json,
 )
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
-from svdecode.fileio import jsonable, slug, write_json_atomic, write_text_atomic
-from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic, write_text_atomic
+from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric, choice_accuracy
 
 log = logging.getLogger("svdecode")
 
@@ -119,6 +124,7 @@ def run_eval(
     n_boot: int = 2000,
     progress: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
     mu_curves: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` for every method and write ``results.json`` and
@@ -132,89 +138,201 @@ def run_eval(
     every other one is paired against. ``run_info``: free-form facts about the run stored in
     ``config.run_info`` (e.g. ``{"warmstart_fraction": 0.5}`` for the warm-start plot).
     ``max_new_tokens`` defaults to 32 (commonsense) and 50 (TruthfulQA generation).
-    ``mu_curves``: for TruthfulQA MC and commonsense, one more scoring pass over the test items
-    gives the test metric at every strength (the ORACLE curve, :mod:`svdecode.eval.curves`).
-    Rerunning with the same arguments resumes from the caches.
+    Calibrated methods apply ``objective`` (``estimator`` is its old name) with the guard
+    (``guard``, ``folds``) and confidence bins (``bins``) of :func:`svdecode.objectives.choose_strength`,
+    judged on the calibration questions' own choices. ``mu_curves``: for TruthfulQA MC and
+    commonsense, one more scoring pass over the test items gives the test metric at every strength
+    (the ORACLE curve, :mod:`svdecode.eval.curves`).
+    Rerunning with the same arguments resumes from the caches; the run manifest
+    (:mod:`svdecode.rundir`) records what the evaluation was asked, and a directory holding an
+    evaluation asked for something else is refused unless ``overwrite=True`` (which replaces its
+    results; per-item caches are reused only where their settings match).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; choose from {TASKS}")
+    _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot)
+    check("alpha", alpha, UNIT_INTERVAL, optional=True)
+    objective = estimator or objective
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    check("folds", folds, POSITIVE_INT)
+    check("bins", bins, NONNEGATIVE_INT)
+    cal = {"objective": objective, "guard": guard, "folds": folds, "bins": bins}
+    if methods is None:
+        check_method_names(method_names)
+    check_eval_dir(out, overwrite)
     run = _RunSettings(
         out / "cache", batch_size, max_new_tokens, mc_prompt_style, max_length, n_boot, seed, progress
     )
-    config = {
+    config = _eval_config(model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, cal)
+    config["run_info"] = dict(run_info or {})
+    task_items = {
+        task: _limit(
+            task, list(data[task]) if data is not None and task in data else _default_data(task), limit, seed
+        )
+        for task in tasks
+    }
+    request = _eval_request(config, task_items, calib, methods)
+    with rundir.locked(out):
+        _claim_eval_dir(out, request, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.record_stage(out, "evaluation", request, [], status="running")
+        results: dict[str, Any] = {
+            "schema": SCHEMA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": config,
+            "versions": library_versions(),
+            "not_implemented": dict(NOT_IMPLEMENTED),
+            "tasks": {},
+        }
+        for task, items in task_items.items():
+            mset = _task_methods(task, model, items, methods, calib, method_names, run, alpha, cal, score_lam)
+            res = _evaluate_task(task, model, items, list(mset), judge, run)
+            if mu_curves and task in CURVE_TASKS:
+                res["mu_curve"] = mu_curve(
+                    model, task, items, mset, mc_prompt_style=mc_prompt_style, batch_size=batch_size,
+                    max_length=max_length, cache_dir=run.cache_dir, progress=progress, n_boot=n_boot, seed=seed,
+                )  # fmt: skip
+            res["methods"] = _method_records(task, mset, out)
+            res["paired"] = paired_comparisons(
+                task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed
+            )
+            res["n_items"] = len(items)
+            results["tasks"][task] = res
+        write_results(results, out)
+        rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
+    return results
+
+
+def _eval_config(model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, cal) -> dict:
+    """The settings recorded in results.json (and, without run_info, compared for reuse)."""
+    return {
         "tasks": list(tasks),
         "method_names": list(method_names),
         "seed": seed,
         "limit": limit,
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
+        "batch_size": run.batch_size,
+        "max_new_tokens": run.max_new_tokens,
         "reference": reference,
         "score_lam": lam_json(score_lam),
         "alpha": float(model.steering.alpha if alpha is None else alpha),
-        "objective": estimator or objective,
-        "guard": guard,
-        "folds": folds,
-        "confidence_bins": bins,
-        "mc_prompt_style": mc_prompt_style,
-        "max_length": max_length,
-        "n_boot": n_boot,
+        **cal,
+        "mc_prompt_style": run.mc_prompt_style,
+        "max_length": run.max_length,
+        "n_boot": run.n_boot,
         "model": _model_record(model),
-        "run_info": dict(run_info or {}),
     }
-    results: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": config,
-        "versions": library_versions(),
-        "not_implemented": dict(NOT_IMPLEMENTED),
-        "tasks": {},
-    }
-    for task in tasks:
-        items = list(data[task]) if data is not None and task in data else _default_data(task)
-        items = _limit(task, items, limit, seed)
-        if isinstance(methods, MethodSet):
-            mset = methods
-        elif isinstance(methods, Mapping):
-            mset = methods[task]
-        else:
-            task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
-            _check_disjoint(task, task_calib, items)
-            task_choices, metric = calibration_choice_items(task, task_calib, mc_prompt_style)
-            mset = build_methods(
-                model,
-                task_calib,
-                method_names,
-                alpha=alpha,
-                objective=estimator or objective,
-                choices=task_choices,
-                choice_metric=metric,
-                guard=guard,
-                folds=folds,
-                bins=bins,
-                score_lam=score_lam,
-                seed=seed,
-                batch_size=batch_size,
-                max_length=max_length,
-                progress=progress,
-                cache_dir=run.cache_dir / "calibration",
-            )
-        res = _evaluate_task(task, model, items, list(mset), judge, run)
-        if mu_curves and task in CURVE_TASKS:
-            res["mu_curve"] = mu_curve(
-                model, task, items, mset, mc_prompt_style=mc_prompt_style, batch_size=batch_size,
-                max_length=max_length, cache_dir=run.cache_dir, progress=progress, n_boot=n_boot, seed=seed,
-            )  # fmt: skip
-        res["methods"] = _method_records(task, mset, out)
-        res["paired"] = paired_comparisons(
-            task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed
+
+
+def _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot) -> None:
+    for t in tasks:
+        if t not in TASKS:
+            raise InputError(f"unknown task {t!r}; choose from {TASKS}")
+    check("limit", limit, POSITIVE_INT, optional=True)
+    check("seed", seed, SEED)
+    check("batch_size", batch_size, POSITIVE_INT)
+    check("max_new_tokens", max_new_tokens, POSITIVE_INT, optional=True)
+    check("max_length", max_length, POSITIVE_INT, optional=True)
+    check("n_boot", n_boot, POSITIVE_INT)
+
+
+def _ids_sha(items: Sequence[Any] | None) -> str | None:
+    """A hash of the items' ids ((prompt, answer) pairs without ids: of their text)."""
+    if items is None:
+        return None
+    return short_hash([getattr(it, "id", None) or list(it) for it in items])
+
+
+def _eval_request(
+    config: Mapping[str, Any], task_items: Mapping[str, list[Any]], calib: Any, methods: Any
+) -> dict[str, Any]:
+    """What the evaluation is asked: its settings (not the free-form run_info), the model's
+    fingerprint, and per task the test and calibration ids."""
+    data = {}
+    for task, items in task_items.items():
+        task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
+        prebuilt = methods if isinstance(methods, MethodSet) else (methods or {}).get(task)
+        data[task] = {
+            "n": len(items),
+            "ids_sha256": _ids_sha(items),
+            "calib_sha256": _ids_sha(task_calib) if prebuilt is None else None,
+            "prebuilt_methods": None if prebuilt is None else [s.name for s in prebuilt],
+        }
+    return {**{k: v for k, v in config.items() if k != "run_info"}, "data": data}
+
+
+def check_eval_dir(out: str | Path, overwrite: bool) -> None:
+    """Refuse, before any model work, an output directory that is a file, holds a model run, or
+    was written by an older svdecode (unless ``overwrite``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output directory {str(out)!r} is a file, not a directory")
+    manifest = rundir.read_manifest(out) if out.is_dir() else None
+    if manifest is not None and {"warmstart", "calibration"} & manifest["stages"].keys():
+        raise rundir.RunDirError(
+            f"{out} holds a model run ({', '.join(sorted(manifest['stages']))}), not an evaluation; write the "
+            "evaluation to its own directory (--out)"
         )
-        res["n_items"] = len(items)
-        results["tasks"][task] = res
-    write_results(results, out)
-    return results
+    if not overwrite and rundir.is_legacy(out):
+        rundir.check_reuse(out, "evaluation", {}, "evaluation")  # raises, naming the way out
+
+
+def check_method_names(names: Sequence[str]) -> None:
+    """Every method name (and its alpha/lam/estimator/decoding) valid, before any calibration."""
+
+    def placeholder(name: str, method: str, alpha: float, **_: Any) -> MethodSpec:
+        check(f"alpha of method {name!r}", alpha, UNIT_INTERVAL)
+        return MethodSpec(name, method)
+
+    if not names or not all(n.strip() for n in names):
+        raise InputError(f"method names must not be empty, got {list(names)}")
+    for name in expand_method_names(names):
+        try:
+            _specs_for(name, placeholder, 0.1, 0)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"method {name!r}: {err}") from err
+
+
+def _claim_eval_dir(out: Path, request: Mapping[str, Any], overwrite: bool) -> None:
+    """Refuse a directory holding another evaluation or another kind of run (unless overwrite)."""
+    check_eval_dir(out, overwrite)
+    if not overwrite:
+        entry = rundir.check_reuse(out, "evaluation", request, "evaluation")
+        if entry is not None and entry["status"] != "complete":
+            log.warning("resuming the interrupted evaluation in %s from its per-item caches", out)
+        return
+    if (out / "results.json").exists():
+        log.warning(
+            "--overwrite: replacing the evaluation in %s (results.json, results.md, token_mu/); its per-item "
+            "caches in %s are kept and reused only where their settings match",
+            out,
+            out / "cache",
+        )
+
+
+def _task_methods(task, model, items, methods, calib, method_names, run, alpha, cal, score_lam) -> MethodSet:
+    """The task's methods: prebuilt, or built (and calibrated) from their names."""
+    if isinstance(methods, MethodSet):
+        return methods
+    if isinstance(methods, Mapping):
+        return methods[task]
+    task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
+    _check_disjoint(task, task_calib, items)
+    choices, metric = calibration_choice_items(task, task_calib, run.mc_prompt_style)
+    return build_methods(
+        model,
+        task_calib,
+        method_names,
+        alpha=alpha,
+        choices=choices,
+        choice_metric=metric,
+        **cal,
+        score_lam=score_lam,
+        seed=run.seed,
+        batch_size=run.batch_size,
+        max_length=run.max_length,
+        progress=run.progress,
+        cache_dir=run.cache_dir / "calibration",
+    )
 
 
 @dataclass(frozen=True)
@@ -336,7 +454,13 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    data = json.loads(path.read_text())
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: schema {data.get('schema')!r} is not {SCHEMA!r}")
+    if not path.is_file():
+        raise InputError(f"results file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        schema = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise InputError(f"{path}: schema {schema!r} is not {SCHEMA!r}")
     return data

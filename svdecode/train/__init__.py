@@ -23,6 +23,7 @@ May import: the library core (``svdecode.models``, ``streams``, ``steered_model`
 its parser without them. Nothing in the core imports this package.
 """
 
+from svdecode.fingerprint import base_fingerprint
 from svdecode.train.adapters import load_adapter
 from svdecode.train.args import add_warmstart_args, warmstart_config_from_args
 from svdecode.train.checkpoints import (
@@ -44,7 +45,6 @@ from svdecode.train.config import (
     validate,
 )
 from svdecode.train.examples import LazyExamples, PadCollator, encode_example
-from svdecode.train.fingerprint import base_fingerprint
 from svdecode.train.peft_setup import check_model, linear_module_names, peft_config
 from svdecode.train.trainer import WarmstartResult, warmstart
 

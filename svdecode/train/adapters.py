@@ -4,7 +4,6 @@ base it was not trained on (vocabulary, architecture, and a fingerprint of the e
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +51,12 @@ def load_adapter(
         raise WarmstartError(f"adapter directory {str(out)!r} does not exist{hint}")
     if not (out / "adapter_config.json").is_file():
         raise WarmstartError(f"{str(out)!r} holds no adapter_config.json; is it a warm-start output?")
-    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    from svdecode.models import ModelLoadError, read_adapter_config
+
+    try:
+        adapter_cfg = read_adapter_config(out)
+    except ModelLoadError as err:
+        raise WarmstartError(str(err)) from err
     info = read_info(out) if (out / INFO_NAME).is_file() else {}
     if info and info.get("status") != "complete":
         raise WarmstartError(f"{str(out)!r} is not a finished warm-start (status {info.get('status')!r})")
@@ -97,8 +101,12 @@ def load_adapter(
             compare_fingerprints(fp, model, f"the adapter in {str(out)!r}")
         elif not same_model_name(model_name(model), recorded):
             log.warning("loading the adapter in %s onto %r (trained on %r)", out, model_name(model), recorded)
+    from safetensors import SafetensorError
+
     try:
         peft_model = PeftModel.from_pretrained(model, str(out))
+    except SafetensorError as err:
+        raise WarmstartError(f"the adapter weights in {str(out)!r} are corrupt: {err}") from err
     except (RuntimeError, ValueError, KeyError) as err:
         raise AdapterMismatchError(f"the adapter in {str(out)!r} does not fit the base model: {err}") from err
     peft_model.eval()

@@ -85,7 +85,11 @@ def add_warmstart_args(parser: argparse.ArgumentParser, run_flags: bool = True) 
     _add_method_flags(g.add_argument)
     if run_flags:
         a("--resume", action="store_true", help="continue an interrupted warm-start from its last checkpoint")
-        a("--overwrite", action="store_true", help="replace a finished warm-start in the output directory")
+        a(
+            "--overwrite",
+            action="store_true",
+            help="redo every stage, replacing what the output directory holds (or an interrupted warm-start)",
+        )
 
 
 def _add_method_flags(a) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from svdecode import rundir
 from svdecode.fileio import write_text_atomic
 from svdecode.train.config import (
     AdapterMismatchError,
@@ -90,24 +91,60 @@ def read_info(out_dir: str | Path) -> dict[str, Any]:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an output directory that holds a finished run (unless ``overwrite``), or files that
+    svdecode did not write (always: those are never deleted)."""
     if out.name.endswith(PARTIAL_SUFFIX):
         raise WarmstartError(f"the output directory {str(out)!r} must not end in {PARTIAL_SUFFIX!r}")
     if not out.exists():
         return
     if not out.is_dir():
         raise WarmstartError(f"{str(out)!r} exists and is not a directory; choose another output directory")
-    if is_complete(out):
-        if not overwrite:
-            raise WarmstartError(
-                f"{str(out)!r} already holds a finished warm-start; use it as it is, or pass "
-                "overwrite=True (--overwrite) to train it again"
-            )
+    if not any(out.iterdir()):
         return
-    if any(out.iterdir()):
+    foreign = rundir.foreign_entries(out)
+    if foreign or not (rundir.read_manifest(out) is not None or rundir.is_legacy(out)):
         raise WarmstartError(
-            f"{str(out)!r} exists, is not empty and is not a finished warm-start; refusing to replace it. "
-            "Choose another output directory or remove it yourself"
+            f"{str(out)!r} exists, is not empty and is not a finished warm-start; refusing to replace it: it "
+            f"holds files svdecode did not write ({', '.join(foreign[:5]) or 'no svdecode files'}). Choose "
+            "another output directory, or move them away"
         )
+    what = "a finished warm-start" if is_complete(out) else "another run's files"
+    if not overwrite:
+        raise WarmstartError(
+            f"{str(out)!r} already holds {what}; use it as it is, pass overwrite=True (--overwrite) to "
+            "train it again (replacing the directory), or choose another output directory (--out)"
+        )
+    stages = sorted((rundir.read_manifest(out) or {"stages": {}})["stages"])
+    log.warning(
+        "--overwrite: the finished run in %s (%s) will be replaced once the new warm-start finishes",
+        out,
+        ", ".join(stages) or "written by an older svdecode",
+    )
+
+
+def partial_summary(part: Path) -> str:
+    """What an interrupted warm-start left: its last complete checkpoint, if any."""
+    ckpt = last_checkpoint(part)
+    return f"checkpoint at step {checkpoint_step(ckpt)}" if ckpt else "no complete checkpoint yet"
+
+
+def warmstart_request(
+    config: dict[str, Any], base: str, examples: Sequence[Example], manifest: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a warm-start is asked, as the run manifest records and compares it: the options, the
+    base model's name and the training data (content hash and the split that chose it)."""
+    split = (
+        None if manifest is None else {k: manifest.get(k) for k in ("source", "seed", "requested", "sha256")}
+    )
+    return {
+        "config": config,
+        "base": base,
+        "data": {"num_examples": len(examples), "sha256": data_fingerprint(examples), "split": split},
+    }
+
+
+# Request keys that may differ and still reuse a finished warm-start (they do not change the adapter).
+REUSE_IGNORED = tuple(f"config.{k}" for k in ("logging_steps", "save_steps", "save_total_limit"))
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -164,7 +201,7 @@ def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module)
         old = json.loads((part / REQUEST_NAME).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise WarmstartError(
-            f"cannot read {part / REQUEST_NAME} to resume: {err}; rerun without --resume"
+            f"cannot read {part / REQUEST_NAME} to resume: {err}; pass --overwrite to start over"
         ) from err
     diffs = [
         f"{k}: {old['config'].get(k)!r} -> {v!r}"
@@ -174,13 +211,13 @@ def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module)
     if diffs:
         raise WarmstartError(
             f"cannot resume {part}: the interrupted run used other options ({'; '.join(diffs)}); use the same "
-            "options, or rerun without --resume to start over"
+            "options, or pass overwrite=True (--overwrite) instead of --resume to discard it and start over"
         )
     if old.get("data_sha256") != request["data_sha256"]:
         raise WarmstartError(
             f"cannot resume {part}: the training examples differ from the interrupted run's "
             f"({old.get('num_examples')} then, {request['num_examples']} now, or other contents); "
-            "use the same data, or rerun without --resume"
+            "use the same data, or pass --overwrite instead of --resume to discard it and start over"
         )
     if old.get("tokenizer_size") != request["tokenizer_size"]:
         raise AdapterMismatchError(
@@ -193,7 +230,9 @@ def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module)
 
 
 def publish(part: Path, out: Path) -> None:
-    """Rename the finished ``part`` to ``out``, replacing an old finished (or empty) ``out``."""
+    """Rename the finished ``part`` to ``out``, replacing an old finished (or empty) ``out``. An
+    interruption between the two renames leaves a complete ``part`` and no ``out``, which
+    :func:`finish_publish` completes on the next start."""
     old = None
     if out.exists():
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
@@ -201,3 +240,18 @@ def publish(part: Path, out: Path) -> None:
     os.replace(part, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def finish_publish(out: Path) -> None:
+    """Complete a publish a killed process left half done: a finished ``<out>.partial`` with no
+    ``<out>`` is renamed into place; leftover ``<out>.old-*`` copies of a replaced run are removed."""
+    part = partial_dir(out)
+    if not out.exists() and is_complete(part) and rundir.read_manifest(part) is not None:
+        log.warning(
+            "warm-start: %s is finished but was not yet renamed to %s (killed?): renaming it now", part, out
+        )
+        os.replace(part, out)
+    for old in out.parent.glob(f"{out.name}.old-*"):
+        if out.exists() and old.is_dir():
+            log.warning("removing %s, the run an interrupted --overwrite had replaced", old)
+            shutil.rmtree(old, ignore_errors=True)

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from svdecode.errors import SvdecodeError
+
 METHODS = ("lora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning")
 
 
@@ -25,7 +27,7 @@ PTUNING_ENCODERS = ("mlp", "lstm")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-class WarmstartError(ValueError):
+class WarmstartError(SvdecodeError, ValueError):
     """A warm-start that cannot run as asked; the message says what to change."""
 
 
@@ -201,7 +203,7 @@ def _check_training_options(cfg: WarmstartConfig) -> None:
             f"give either max_steps ({cfg.max_steps}, --max-steps) or fraction ({cfg.fraction}, "
             "--fraction), not both"
         )
-    need(_int(cfg.seed), "seed", "an integer")
+    need(_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", "an integer in [0, 2**32)")
     need(_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", ">= 0")
     need(_int(cfg.warmup_steps) and cfg.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
     need(_num(cfg.max_grad_norm) and cfg.max_grad_norm >= 0, "max_grad_norm", ">= 0")

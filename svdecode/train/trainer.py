@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from svdecode import rundir
+from svdecode.fingerprint import base_fingerprint
 from svdecode.train.checkpoints import (
     CHECKPOINT_DIR,
     FORMAT_VERSION,
@@ -28,10 +30,13 @@ from svdecode.train.checkpoints import (
     check_resumable,
     checkpoint_step,
     data_fingerprint,
+    finish_publish,
     last_checkpoint,
     partial_dir,
+    partial_summary,
     publish,
     trim_log,
+    warmstart_request,
     write_json,
 )
 from svdecode.train.config import (
@@ -42,7 +47,7 @@ from svdecode.train.config import (
     validate,
 )
 from svdecode.train.examples import LazyExamples, LengthScan, PadCollator, pad_id, scan_examples
-from svdecode.train.fingerprint import base_fingerprint, model_name
+from svdecode.train.fingerprint import model_name
 from svdecode.train.peft_setup import check_model, init_prefix, peft_config, precision_of
 from svdecode.versions import dependency_versions
 
@@ -178,7 +183,8 @@ def warmstart(
     is also the name recorded as the adapter's base model (default: the model's own path).
     ``manifest``: the split manifest, saved as ``split_manifest.json``.
     ``resume``: continue an interrupted run from the last checkpoint in ``<out>.partial``
-    (without one, start afresh); ``overwrite``: replace a finished ``out_dir``.
+    (without one, start afresh); ``overwrite``: replace a finished ``out_dir``, or discard an
+    interrupted run (either is refused without it). ``out_dir`` is locked while the run writes.
     ``callbacks``: extra ``transformers.TrainerCallback`` objects.
 
     Every check runs before training and before any directory is created; failures raise
@@ -195,58 +201,64 @@ def warmstart(
             f"examples must be svdecode.data.Example objects (id, prompt, answer), got {type(examples[0]).__name__}"
         )
     out = Path(out_dir)
-    check_out_dir(out, overwrite)
-    part = partial_dir(out)
+    with rundir.locked(out):
+        finish_publish(out)
+        check_out_dir(out, overwrite)
+        part = partial_dir(out)
+        if part.exists() and not resume and not overwrite:
+            raise WarmstartError(
+                f"an interrupted warm-start is in {part} ({partial_summary(part)}); continue it with "
+                "resume=True (--resume), or pass overwrite=True (--overwrite) to discard it and start over"
+            )
+        model, tokenizer, base_name = _base_model(model, tokenizer, base)
+        check_model(cfg, model, tokenizer)
+        scan = _scan_or_refuse(examples, tokenizer, cfg, model)
+        request = {
+            "format_version": FORMAT_VERSION,
+            "config": cfg.to_dict(),
+            "base": base_name,
+            "base_fingerprint": base_fingerprint(model),
+            "tokenizer_size": len(tokenizer),
+            "num_examples": len(examples),
+            "data_sha256": data_fingerprint(examples),
+        }
+        resume_ckpt = _resume_point(part, resume, request, model)
+        args = _training_args(cfg, part, len(scan.kept), progress)
 
-    model, tokenizer, base_name = _base_model(model, tokenizer, base)
-    check_model(cfg, model, tokenizer)
-    scan = _scan_or_refuse(examples, tokenizer, cfg, model)
-    fingerprint = base_fingerprint(model)
-    request = {
-        "format_version": FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "base": base_name,
-        "base_fingerprint": fingerprint,
-        "tokenizer_size": len(tokenizer),
-        "num_examples": len(examples),
-        "data_sha256": data_fingerprint(examples),
-    }
+        # ---- from here on the run writes to disk ----
+        if part.exists() and resume_ckpt is None:
+            log.warning("warm-start: removing the interrupted run in %s (%s)", part, partial_summary(part))
+            shutil.rmtree(part)
+        part.mkdir(parents=True, exist_ok=True)
+        log_path = part / LOG_NAME
+        if resume_ckpt is None:
+            write_json(part / REQUEST_NAME, request)
+            log_path.write_text("")
+        else:
+            trim_log(log_path, checkpoint_step(resume_ckpt))
 
-    resume_ckpt = _resume_point(part, resume, request, model)
-    args = _training_args(cfg, part, len(scan.kept), progress)
-
-    # ---- from here on the run writes to disk ----
-    if part.exists() and resume_ckpt is None:
-        shutil.rmtree(part)
-    part.mkdir(parents=True, exist_ok=True)
-    log_path = part / LOG_NAME
-    if resume_ckpt is None:
-        write_json(part / REQUEST_NAME, request)
-        log_path.write_text("")
-    else:
-        trim_log(log_path, checkpoint_step(resume_ckpt))
-
-    return _train(
-        examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-        progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
-    )  # fmt: skip
+        return _train(
+            examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+            progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
+        )  # fmt: skip
 
 
 def _base_model(model, tokenizer, base: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """The base model and tokenizer to train (loaded by name unless given) and the name to record."""
-    if model is None:
-        from svdecode.models import load_base
+    """The base model and tokenizer to train (loaded by name unless given) and the name to record:
+    one plain transformers/peft can load (the default model's hub id, a local folder's full path)."""
+    from svdecode.models import load_base, portable_base_name
 
+    if model is None:
         model, loaded_tok = load_base(base or "default")
-        return model, tokenizer or loaded_tok, base or "default"
+        return model, tokenizer or loaded_tok, portable_base_name(base or "default")
     if tokenizer is None:
         raise WarmstartError("a model was given without its tokenizer; pass tokenizer= as well")
-    return model, tokenizer, base or model_name(model)
+    return model, tokenizer, portable_base_name(base) if base else model_name(model)
 
 
 def _scan_or_refuse(examples: Sequence[Example], tokenizer, cfg: WarmstartConfig, model) -> LengthScan:
-    """Token lengths of every example; refuse a set with no answer token to learn from, warn about
-    examples left out or cut, and about sequences longer than the model's positions."""
+    """Token lengths of every example; refuse a set with no answer token to learn from or with
+    sequences longer than the model's positions, and warn about examples left out or cut."""
     scan = scan_examples(examples, tokenizer, cfg)
     if not scan.kept:
         parts = []
@@ -280,12 +292,10 @@ def _scan_or_refuse(examples: Sequence[Example], tokenizer, cfg: WarmstartConfig
     max_pos = getattr(model.config, "max_position_embeddings", None)
     extra = cfg.num_virtual_tokens if cfg.method in PROMPT_METHODS else 0  # prefixes take positions too
     if max_pos and scan.longest + extra > max_pos:
-        log.warning(
-            "warm-start: the longest example has %d tokens (+%d virtual tokens), more than the model's "
-            "max_position_embeddings %d",
-            scan.longest,
-            extra,
-            max_pos,
+        raise WarmstartError(
+            f"the longest training example has {scan.longest} tokens (+{extra} virtual tokens) after truncation "
+            f"to max_length={cfg.max_length}, more than the model's {max_pos} positions; pass "
+            f"--train-max-length {max_pos - extra} (max_length=...) to cut examples to fit, or shorten them"
         )
 
     return scan
@@ -444,6 +454,13 @@ def _train(
     }
     (part / REQUEST_NAME).unlink(missing_ok=True)
     write_json(part / INFO_NAME, info)
+    rundir.record_stage(
+        part,
+        "warmstart",
+        warmstart_request(info["config"], base_name, examples, manifest),
+        [p.name for p in part.iterdir() if p.name != CHECKPOINT_DIR and not p.name.startswith(".")],
+        extra={"base_fingerprint": info["base_fingerprint"], "tokenizer_size": len(tokenizer)},
+    )
     publish(part, out)
     log.info(
         "warm-start: %s adapter written to %s (%d steps, %.1fs)", cfg.method, out, state.global_step, seconds
