@@ -67,3 +67,16 @@ def short_hash(obj: Any) -> str:
 def slug(name: str) -> str:
     """``name`` safe as a file name (method names such as "alpha=0.2" or "peft[beam4]")."""
     return re.sub(r"[^A-Za-z0-9.+=_-]", "_", name)
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """The JSON in ``path``, with errors that name the file (``what`` says what it should be)."""
+    from svdecode.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from err

@@ -34,7 +34,7 @@ from svdecode.eval.tables import (
     num,
     pct,
 )
-from svdecode.fileio import slug, write_text_atomic
+from svdecode.fileio import read_json_file, slug, write_text_atomic
 
 # whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
 HISTOGRAM_METHODS = ("peft+svdecode", "no_mask")
@@ -270,12 +270,7 @@ def _load(path: str | Path) -> tuple[dict[str, Any], Path]:
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
-        raise InputError(f"results file {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from err
+    data = read_json_file(path, "results file")
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
         raise InputError(f"{path} is not an svdecode results file (no 'tasks' object)")
     return data, path.parent

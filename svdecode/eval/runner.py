@@ -4,7 +4,6 @@ every method with the reference, write ``results.json`` / ``results.md`` -- and 
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
@@ -37,7 +36,7 @@ from svdecode.eval.methods import (
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
-from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic, write_text_atomic
+from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
 from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric, choice_accuracy
 
 log = logging.getLogger("svdecode")
@@ -454,12 +453,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
-        raise InputError(f"results file {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from err
+    data = read_json_file(path, "results file")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         schema = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise InputError(f"{path}: schema {schema!r} is not {SCHEMA!r}")
