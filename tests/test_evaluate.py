@@ -730,3 +730,37 @@ def test_mu_curve_marks_equal_direct_scoring_and_headroom_is_oracle(tmp_path, mo
     cal = curve["calibration"]  # these calibration examples have no choice view: NLL only
     assert cal["mu"] and len(cal["nll_per_token"]) == len(cal["mu"]) and "task" not in cal
     assert "ORACLE" in curve["oracle"]
+
+
+def test_greedy_generation_at_zero_strength_is_shared_with_the_adapted_model():
+    """A guard that turned steering off leaves mu = 0: greedy output is the adapted model's (the
+    argmax is always kept), so the evaluation generates it once."""
+    peft = ev.MethodSpec("peft", "adapted")
+    off = ev.MethodSpec("peft+svdecode", "svdecode", mu=0.0)
+    assert off.key(scoring=False) == peft.key(scoring=False)
+    assert off.key(scoring=True) != peft.key(scoring=True)  # scoring still differs (mask renormalises)
+    assert ev.MethodSpec("a", "svdecode", mu=0.5).key(False) != peft.key(False)
+    assert ev.MethodSpec("b", "svdecode", mu=0.0, lam=-10.0).key(False) != peft.key(False)
+    beam = ev.DECODINGS["beam4"]
+    assert ev.MethodSpec("c", "svdecode", mu=0.0, decoding=beam).key(False) != ev.MethodSpec(
+        "d", "adapted", decoding=beam
+    ).key(False)
+
+
+def test_zero_strength_greedy_generation_equals_the_adapted_model(model):
+    off = ev.MethodSpec("peft+svdecode", "svdecode", mu=0.0)
+    prompts = [ex.prompt for ex in CS_EXAMPLES]
+    ids = [ex.id for ex in CS_EXAMPLES]
+    steered = [
+        t
+        for _, texts in generation.generate_batches(model, off, prompts, ids, 2, 6, False, "x")
+        for t in texts
+    ]
+    plain = [
+        t
+        for _, texts in generation.generate_batches(
+            model, ev.MethodSpec("peft", "adapted"), prompts, ids, 2, 6, False, "x"
+        )
+        for t in texts
+    ]
+    assert steered == plain

@@ -132,6 +132,16 @@ class MethodSpec:
         return self.method not in ("base", "adapted")
 
     @property
+    def is_greedy_at_zero(self) -> bool:
+        return (
+            self.method in ("svdecode", "logit_arithmetic", "prob_space")
+            and float(self.mu) == 0.0
+            and not self.mu_bins
+            and (self.lam is None or self.lam == NEG_INF)
+            and self.decoding_name == "greedy"
+        )
+
+    @property
     def decoding_name(self) -> str:
         for name, cfg in DECODINGS.items():
             if {k: v for k, v in self.decoding.items() if k != "seed"} == cfg:
@@ -155,7 +165,13 @@ class MethodSpec:
         )
 
     def key(self, scoring: bool) -> dict[str, Any]:
-        """What determines this method's outputs (decoding is irrelevant for scoring)."""
+        """What determines this method's outputs (decoding is irrelevant for scoring).
+
+        Greedy generation at mu = 0 (e.g. the guard turned steering off) is the adapted model's: the
+        argmax is always inside the confidence mask, and masked tokens only lose (lam -inf or
+        unchanged). Its key is the adapted model's, so the evaluation generates it once."""
+        if not scoring and self.is_greedy_at_zero:
+            return {"method": "adapted", "decoding": GREEDY}
         out = {"method": self.method}
         if self.steered:
             out.update(mu=repr(float(self.mu)), alpha=float(self.alpha))
