@@ -33,6 +33,7 @@ from svdecode.eval.methods import (
     expand_method_names,
     lam_json,
 )
+from svdecode.eval.report import results_markdown
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
@@ -438,7 +439,6 @@ def _comparison_pairs(res: Mapping[str, Any], mset: MethodSet, reference: str) -
 
 def write_results(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` atomically (temp file + ``os.replace``)."""
-    from svdecode.eval.report import results_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
