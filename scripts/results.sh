@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # The runs behind docs/results.md, on the default model (SmolLM2-135M-Instruct) and ../shared/data.
 # Two independent lanes run side by side, one CPU thread each (on a 2-core machine this beats two
-# threads per job one after the other). Every command resumes from its caches if re-run (`run --resume`
-# continues an interrupted warm-start; a finished stage asked the same is reused).
+# threads per job one after the other). A rerun continues where it stopped: `run --resume` continues
+# an interrupted warm-start, a stage asked the same is reused, and evaluations resume from their
+# per-item caches. Calibration everywhere: the default objective (nll) with the 5-fold guard and
+# 3 confidence bins (svdecode.objectives); every evaluation records every objective's strength and
+# the strength curve (test = ORACLE) from one extra scoring pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p runs/logs
-LIMIT=${LIMIT:-300}   # commonsense test items per dataset
+LIMIT=${LIMIT:-100}   # commonsense test items per dataset (PIQA and HellaSwag have 64-item samples)
 
 lane_commonsense() {
   svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --resume --out runs/cs-lora
   svdecode eval --steered runs/cs-lora --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
-    --methods base,peft,peft+svdecode --out runs/eval-cs-lora
-  svdecode run --data commonsense:all --n-train 512 --n-calib 128 --seed 0 --peft ia3 --resume --out runs/cs-ia3
-  svdecode eval --steered runs/cs-ia3 --tasks commonsense --limit "$LIMIT" --max-new-tokens 12 \
-    --methods peft,peft+svdecode --out runs/eval-cs-ia3
+    --methods peft,peft+svdecode --out runs/eval-cs-lora
 }
 
 lane_truthfulqa() {
@@ -24,22 +24,30 @@ lane_truthfulqa() {
   local mc=(--tasks truthfulqa_mc --tqa-calib 100 --tqa-test 317 --mc-prompt plain)
   svdecode run "${split[@]}" --out runs/tqa-lora
   svdecode eval --steered runs/tqa-lora "${mc[@]}" --warmstart-fraction 1 \
-    --methods base,peft,peft+svdecode,peft+logit_arith,no_projection,no_mask --out runs/eval-tqa-lora
+    --methods base,peft,peft+svdecode,peft+logit_arith,objectives --out runs/eval-tqa-lora
+  svdecode eval --steered runs/tqa-lora "${mc[@]}" \
+    --methods peft,peft+svdecode,alpha=0.05,alpha=0.2,alpha=0.5 --out runs/eval-tqa-lora-alpha
   svdecode run "${split[@]}" --peft ia3 --out runs/tqa-ia3
   svdecode eval --steered runs/tqa-ia3 "${mc[@]}" --methods base,peft,peft+svdecode --out runs/eval-tqa-ia3
-  for f in 0.0625 0.25; do
-    svdecode run "${split[@]}" --fraction "$f" --out "runs/tqa-lora-f$f"
-    svdecode eval --steered "runs/tqa-lora-f$f" "${mc[@]}" --warmstart-fraction "$f" \
-      --methods peft,peft+svdecode --out "runs/eval-tqa-lora-f$f"
+  # warm-start length (1/16, 1/4, 1 epoch) x learning rate (the paper's 5e-5, and 5e-4)
+  for lr in 5e-05 5e-04; do
+    for f in 0.0625 0.25 1; do
+      [ "$lr" = "5e-05" ] && [ "$f" = "1" ] && continue   # that one is runs/tqa-lora
+      local frac=(); [ "$f" != "1" ] && frac=(--fraction "$f")
+      svdecode run "${split[@]}" --lr "$lr" "${frac[@]}" --out "runs/tqa-lora-lr$lr-f$f"
+      svdecode eval --steered "runs/tqa-lora-lr$lr-f$f" "${mc[@]}" --warmstart-fraction "$f" \
+        --methods peft,peft+svdecode --out "runs/eval-tqa-lora-lr$lr-f$f"
+    done
   done
-  svdecode eval --steered runs/tqa-lora --tasks truthfulqa_gen --tqa-calib 100 --tqa-test 317 --limit 100 \
-    --methods base,peft,peft+svdecode --out runs/eval-tqagen-lora
 }
 
 lane_commonsense > runs/logs/commonsense.log 2>&1 &
 lane_truthfulqa > runs/logs/truthfulqa.log 2>&1 &
 wait
-svdecode report runs/eval-tqa-lora/results.json runs/eval-tqa-ia3/results.json \
-  runs/eval-tqa-lora-f0.0625/results.json runs/eval-tqa-lora-f0.25/results.json runs/eval-cs-lora/results.json \
-  runs/eval-cs-ia3/results.json runs/eval-tqagen-lora/results.json \
-  --labels tqa-lora,tqa-ia3,tqa-lora-1/16,tqa-lora-1/4,cs-lora,cs-ia3,tqagen-lora --out docs/report
+svdecode report runs/eval-tqa-lora/results.json runs/eval-tqa-ia3/results.json runs/eval-tqa-lora-alpha/results.json \
+  runs/eval-cs-lora/results.json \
+  runs/eval-tqa-lora-lr5e-05-f0.0625/results.json runs/eval-tqa-lora-lr5e-05-f0.25/results.json \
+  runs/eval-tqa-lora-lr5e-04-f0.0625/results.json runs/eval-tqa-lora-lr5e-04-f0.25/results.json \
+  runs/eval-tqa-lora-lr5e-04-f1/results.json \
+  --labels tqa-lora,tqa-ia3,tqa-lora-alpha,cs-lora,tqa-lora-1/16,tqa-lora-1/4,tqa-lora-lr5e-4-1/16,tqa-lora-lr5e-4-1/4,tqa-lora-lr5e-4-1 \
+  --out docs/report
