@@ -1,4 +1,4 @@
-"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo."""
+"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo, lm-eval."""
 
 from __future__ import annotations
 
@@ -280,6 +280,18 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_eval(ns: argparse.Namespace) -> int:
+    try:
+        from svdecode.integrations.lm_eval import main as lm_eval_main
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("lm_eval"):
+            raise
+        raise SystemExit(
+            "svdecode lm-eval: error: lm-eval is not installed: pip install 'svdecode[lm-eval]'"
+        ) from err
+    return lm_eval_main(ns.args)
+
+
 class _VersionAction(argparse.Action):
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, nargs=0, **kwargs)
@@ -408,6 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-test", type=int, default=40, help="test items per commonsense dataset")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    # lm-eval's own arguments pass through untouched: with "+" as this parser's only prefix, every
+    # "--flag" after "lm-eval" is a plain token for REMAINDER instead of an unknown option here.
+    le = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness with the svdecode model and the offline svdecode_* tasks "
+        "(takes lm-eval's arguments, e.g. --model svdecode --model_args adapter=DIR --tasks ...)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    le.add_argument("args", nargs=argparse.REMAINDER)
+    le.set_defaults(func=cmd_lm_eval)
     return parser
 
 
