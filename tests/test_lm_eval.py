@@ -532,6 +532,11 @@ def no_weight_loading(monkeypatch):
             le.ModelArgsError,
             "batch_size=0: expected a positive integer",
         ),
+        (
+            {"adapter": "{adapter}", "two_pass": "no"},
+            le.ModelArgsError,
+            "two_pass='no': expected true or false",
+        ),
     ],
 )
 def test_bad_model_args(world, no_weight_loading, args, error, message):
@@ -584,25 +589,18 @@ def test_cli_bad_inputs(world, data_env, capsys):
     assert "unknown task(s) svdecode_mmlu; svdecode ships: svdecode, svdecode_arc_challenge" in err
 
 
-def test_cli_runs_lm_eval_with_our_model_and_tasks(world, data_env, tmp_path, capsys, monkeypatch):
+def test_cli_runs_lm_eval_with_our_model_and_tasks(world, tmp_path, capsys, monkeypatch):
+    """lm-eval's own arguments, our model and task folder; the data folder given as task metadata."""
     from lm_eval import tasks
 
     # only to save time: without lm-eval's ~thousands of built-in YAMLs the index takes ms, not ~10 s
     monkeypatch.setattr(tasks, "TaskManager", functools.partial(tasks.TaskManager, include_defaults=False))
+    monkeypatch.delenv(loaders.DATA_ENV, raising=False)
     out = tmp_path / "out"
     args = f"adapter={world['adapter']},mu=0.5,dtype=float32"
-    argv = [
-        "lm-eval",
-        "--model",
-        "svdecode",
-        "--model_args",
-        args,
-        "--tasks",
-        "svdecode_arc_easy",
-        "--batch_size",
-        "2",
-    ]
-    assert cli_main([*argv, "--device", "cpu", "--output_path", str(out)]) == 0
+    argv = ["lm-eval", "--model", "svdecode", "--model_args", args, "--tasks", "svdecode_arc_easy"]
+    argv += ["--metadata", f"svdecode_data={world['data']}", "--batch_size", "2", "--device", "cpu"]
+    assert cli_main([*argv, "--output_path", str(out)]) == 0
     assert "svdecode_arc_easy" in capsys.readouterr().out
     (result,) = out.rglob("results_*.json")
     data = json.loads(result.read_text())

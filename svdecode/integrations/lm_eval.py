@@ -216,6 +216,8 @@ def resolve_model_args(
         raise ModelArgsError(
             f"unknown model_args key(s) {sorted(unknown)} for model svdecode; accepted: {', '.join(MODEL_ARGS)}"
         )
+    if not isinstance(two_pass, bool):
+        raise ModelArgsError(f"model_args two_pass={two_pass!r}: expected true or false")
     if not adapter:
         raise ModelArgsError(
             "model_args adapter=<dir> is required: a directory written by svdecode warmstart/run/calibrate"
@@ -239,7 +241,7 @@ def resolve_model_args(
         tokenizer=str(adapter_dir) if has_tok else base,
         steering=steering,
         mu_source=mu_source,
-        two_pass=bool(two_pass),
+        two_pass=two_pass,
         batch_size=_batch_size(batch_size),
         max_batch_size=_positive_int("max_batch_size", max_batch_size if max_batch_size is not None else 64),
         dtype=str(torch_dtype).removeprefix("torch."),
