@@ -612,8 +612,9 @@ def test_cli_runs_lm_eval_with_our_model_and_tasks(world, tmp_path, capsys, monk
 
 @pytest.mark.slow
 def test_default_model_cross_checks(tmp_path, monkeypatch):
-    """SmolLM2-135M-Instruct with a random LoRA: mu=0 vs lm-eval hf+peft, mu=1 vs SteeredModel.score,
-    TruthfulQA MC1/MC2 vs svdecode's evaluation, on the first shared questions and items."""
+    """SmolLM2-135M-Instruct with a random LoRA: mu=0 vs lm-eval hf+peft, mu=20 (the scale μ̄ takes on
+    TruthfulQA here) vs svdecode's TruthfulQA evaluation and vs mu=0,
+    on the first shared questions and items."""
     from svdecode.data import load_truthfulqa_mc
     from svdecode.evaluate import MethodSpec, evaluate_mc
     from svdecode.models import load_base
@@ -631,7 +632,7 @@ def test_default_model_cross_checks(tmp_path, monkeypatch):
             p.data.mul_(0.05)
     peft_model.save_pretrained(tmp_path / "adapter")
     tasks = ["svdecode_truthfulqa_mc1", "svdecode_truthfulqa_mc2", "svdecode_arc_easy", "svdecode_winogrande"]
-    limit = 4
+    limit, mu = 3, 20.0
     base_path = str(peft_model.peft_config["default"].base_model_name_or_path)
     ref = _evaluate(
         "hf",
@@ -640,18 +641,20 @@ def test_default_model_cross_checks(tmp_path, monkeypatch):
         limit=limit,
     )
     runs = {
-        mu: _evaluate("svdecode", {"adapter": str(tmp_path / "adapter"), "mu": mu}, tasks, limit=limit)
-        for mu in (0.0, 1.0)
+        m: _evaluate("svdecode", {"adapter": str(tmp_path / "adapter"), "mu": m}, tasks, limit=limit)
+        for m in (0.0, mu)
     }
-    a, b, c = _logliks(ref), _logliks(runs[0.0]), _logliks(runs[1.0])
+    a, b, c = _logliks(ref), _logliks(runs[0.0]), _logliks(runs[mu])
     delta = max(abs(a[k] - b[k]) for k in a)
-    print(f"default model: {len(a)} requests, max |d loglik| mu=0 vs hf+peft = {delta:.2e}")
-    assert delta < 1e-4
-    assert max(abs(b[k] - c[k]) for k in b) > 0.01
+    shift = max(abs(b[k] - c[k]) for k in b)
+    print(
+        f"default model: {len(a)} requests; max |d loglik| mu=0 vs hf+peft {delta:.2e}, mu={mu} vs 0 {shift:.3f}"
+    )
+    assert delta < 1e-4 and shift > 0.01
     items = {it.question: it for it in load_truthfulqa_mc()}
     docs = loaders.load_truthfulqa_mc(str(SHARED))["validation"]
     chosen = [items[" ".join(d["question"].split())] for d in docs.select(range(limit))]
-    model = SteeredModel.from_peft(peft_model, tok, mu=1.0, lam=None)
-    spec = MethodSpec(name="peft+svdecode", method="svdecode", mu=1.0, score_lam=None)
+    model = SteeredModel.from_peft(peft_model, tok, mu=mu, lam=None)
+    spec = MethodSpec(name="peft+svdecode", method="svdecode", mu=mu, score_lam=None)
     ours = evaluate_mc(model, chosen, [spec], batch_size=4, progress=False)["items"][spec.name]
-    _assert_same_mc(runs[1.0]["samples"], ours)
+    _assert_same_mc(runs[mu]["samples"], ours)
