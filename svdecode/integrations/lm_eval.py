@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lm_eval.api.registry import register_model
@@ -43,6 +44,9 @@ from svdecode.models import (
     resolve_model_path,
 )
 from svdecode.steered_model import SteeredModel
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 # A child of lm-eval's logger, so these lines print with lm-eval's own (which does not propagate).
 log = logging.getLogger("lm_eval").getChild("svdecode")
@@ -82,6 +86,10 @@ SCORING_MODE = "lam=None (scoring mode: tokens outside the confidence mask keep 
 
 class ModelArgsError(ValueError):
     """A ``--model_args`` value the ``svdecode`` model cannot use."""
+
+
+class UnknownTaskError(ValueError):
+    """An ``svdecode*`` task name this package does not ship."""
 
 
 def task_names() -> list[str]:
@@ -371,7 +379,7 @@ class SVDecodeLM(HFLM):
         return info
 
 
-def task_manager(**kwargs: Any):
+def task_manager(**kwargs: Any) -> TaskManager:
     """An lm-eval ``TaskManager`` that also knows the ``svdecode_*`` tasks (kwargs: TaskManager's)."""
     from lm_eval.tasks import TaskManager
 
@@ -384,13 +392,11 @@ def task_manager(**kwargs: Any):
 def check_task_names(tasks: Sequence[str]) -> None:
     """Refuse ``svdecode*`` names we do not ship (before lm-eval indexes its thousands of YAMLs);
     warn when an lm-eval hub task has an offline twin here and the hub is off."""
-    import os
-
     ours = task_names()
     names = [t for item in tasks for t in str(item).split(",") if t]
     unknown = [t for t in names if t.startswith("svdecode") and t not in ours]
     if unknown:
-        raise ModelArgsError(f"unknown task(s) {', '.join(unknown)}; svdecode ships: {', '.join(ours)}")
+        raise UnknownTaskError(f"unknown task(s) {', '.join(unknown)}; svdecode ships: {', '.join(ours)}")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         for t in names:
             if t in OFFLINE_TWINS:
@@ -427,7 +433,7 @@ def main(argv: Sequence[str]) -> int:
                 flags = {k: getattr(ns, k, None) for k in ("batch_size", "max_batch_size", "device")}
                 resolve_model_args(**merge_cli_config(ns.model_args or {}, flags))
         cli.execute(ns)
-    except (ModelArgsError, ModelLoadError, ConfigError, TaskDataError) as err:
+    except (ModelArgsError, UnknownTaskError, ModelLoadError, ConfigError, TaskDataError) as err:
         print(f"svdecode lm-eval: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # lm-eval's own input errors, e.g. "Tasks not found: ..."
