@@ -29,7 +29,9 @@ def synthetic(n_tokens: int, seed: int, groups_of: int = 10) -> TokenStats:
     parts, done = [], 0
     while done < n_tokens:
         n = min(1000, n_tokens - done)
-        temp = torch.rand(n, 1, generator=gen) * 4 + 2.0  # some rows confident, some flatter (kept sets ~1-40)
+        temp = (
+            torch.rand(n, 1, generator=gen) * 4 + 2.0
+        )  # some rows confident, some flatter (kept sets ~1-40)
         za = torch.randn(n, VOCAB, generator=gen) * temp
         zb = za + 0.7 * torch.randn(n, VOCAB, generator=gen)
         top = za.topk(5, dim=-1).indices

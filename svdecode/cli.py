@@ -1,4 +1,5 @@
-"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo, serve."""
+"""The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo, serve,
+lm-eval."""
 
 from __future__ import annotations
 
@@ -355,6 +356,18 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_eval(ns: argparse.Namespace) -> int:
+    try:
+        from svdecode.integrations.lm_eval import main as lm_eval_main
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("lm_eval"):
+            raise
+        raise SystemExit(
+            "svdecode lm-eval: error: lm-eval is not installed: pip install 'svdecode[lm-eval]'"
+        ) from err
+    return lm_eval_main(ns.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svdecode", description="Steering Vector Decoding for transformers + peft"
@@ -426,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server: steered, adapter and base models")
     add_serve_args(sv)
     sv.set_defaults(func=run_serve)
+
+    # lm-eval's own arguments pass through untouched: with "+" as this parser's only prefix, every
+    # "--flag" after "lm-eval" is a plain token for REMAINDER instead of an unknown option here.
+    le = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness with the svdecode model and the offline svdecode_* tasks "
+        "(takes lm-eval's arguments, e.g. --model svdecode --model_args adapter=DIR --tasks ...)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    le.add_argument("args", nargs=argparse.REMAINDER)
+    le.set_defaults(func=cmd_lm_eval)
     return parser
 
 

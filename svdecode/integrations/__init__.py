@@ -3,4 +3,6 @@
 They import the library core (``svdecode.steered_model``, ``streams``, ``models``, ...), never the
 harness (``train/``, ``data/``, ``eval/``), and their third-party dependencies are optional extras
 (``pip install svdecode[lm-eval]`` / ``svdecode[serve]``), imported only by these modules.
+
+Nothing here is imported by ``import svdecode``.
 """
