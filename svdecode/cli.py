@@ -315,6 +315,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             guard=not ns.no_guard,
             folds=ns.folds,
             bins=ns.confidence_bins,
+            mu_curves=not ns.no_mu_curve,
             run_info={"command": " ".join(sys.argv), "warmstart_fraction": ns.warmstart_fraction},
             overwrite=ns.overwrite,
         )
@@ -530,6 +531,11 @@ def _add_eval_parser(sub) -> None:
         "--overwrite",
         action="store_true",
         help="replace the evaluation --out holds (caches are reused where valid)",
+    )
+    e.add_argument(
+        "--no-mu-curve",
+        action="store_true",
+        help="skip the strength curve (one extra scoring pass over the multiple-choice test items)",
     )
     add_calibration_args(e)
     e.set_defaults(func=cmd_eval)

@@ -108,3 +108,17 @@ def test_eval_limit_takes_a_seeded_subset_of_truthfulqa_test_questions(base_dir,
     for records in res["items"].values():
         assert {r["id"] for r in records} == want
     assert not want & {ex.id for ex in tqa.calib}
+
+
+def test_eval_no_mu_curve_skips_the_strength_curve(base_dir, data_file, tmp_path, capsys):
+    steered = tmp_path / "steered"
+    run = ["run", "--data", str(data_file), "--n-train", "8", "--n-calib", "4", "--base", str(base_dir)]
+    assert main([*run, "--out", str(steered)]) == 0
+    args = ["eval", "--steered", str(steered), "--tasks", "truthfulqa_mc", "--tqa-calib", "4", "--limit", "2"]
+    args += ["--methods", "peft,peft+svdecode"]
+    for flag, out in (([], tmp_path / "with"), (["--no-mu-curve"], tmp_path / "without")):
+        assert main([*args, *flag, "--out", str(out)]) == 0
+    capsys.readouterr()
+    task = "truthfulqa_mc"
+    assert "mu_curve" in json.loads((tmp_path / "with" / "results.json").read_text())["tasks"][task]
+    assert "mu_curve" not in json.loads((tmp_path / "without" / "results.json").read_text())["tasks"][task]
