@@ -213,3 +213,40 @@ def test_headline_metrics():
     assert tables.headline("truthfulqa_gen", gen)[1:] == pytest.approx((0.4, 0.3, 0.5))
     with pytest.raises(ValueError):
         tables.headline("nope", {})
+
+
+def _mark(mu: float, diff: float, lo: float, hi: float, share: float | None) -> dict:
+    return {"mu": mu, "diff": {"diff": diff, "lo": lo, "hi": hi}, "share_of_headroom": share}
+
+
+def test_objectives_summary_rows_come_from_the_curve_marks():
+    from svdecode.eval.tables import objectives_summary
+
+    curve = {
+        "n_items": 317,
+        "at_zero": 0.31,
+        "best": 0.315,
+        "best_mu": 0.68,
+        "headroom": 0.005,
+        "marks": {
+            "peft+svdecode": _mark(1.29, 0.0035, -0.009, 0.015, 0.7),
+            "objective=nll": _mark(1.29, 0.0035, -0.009, 0.015, 0.7),
+            "objective=mean": _mark(20.8, -0.0138, -0.048, 0.02, -2.8),
+        },
+    }
+    off = {**curve, "headroom": 0.0, "marks": {"peft+svdecode": _mark(0.0, 0.0, 0.0, 0.0, None)}}
+    runs = [
+        ("a", {"tasks": {"truthfulqa_mc": {"mu_curve": curve}, "truthfulqa_gen": {}}}),
+        ("b", {"tasks": {"commonsense": {"mu_curve": off}}}),
+        ("c", {"tasks": {"truthfulqa_gen": {}}}),
+    ]
+    lines = objectives_summary(runs).splitlines()
+    assert lines[0].split(" | ")[5:7] == ["nll", "mean"]
+    assert len(lines) == 4  # header, rule, one row per run and task with a curve
+    assert lines[2].split(" | ") == [
+        "| a", "TruthfulQA multiple choice", "317", "31.0", "1.29: +0.35 [-0.90, +1.50]",
+        "+0.35 [-0.90, +1.50]", "-1.38 [-4.80, +2.00]", "31.5 (mu 0.68)", "+0.50", "70% |",
+    ]  # fmt: skip
+    assert lines[3].split(" | ")[4:7] == ["0: +0.00 [+0.00, +0.00]", "-", "-"]
+    assert lines[3].endswith("| - |")
+    assert objectives_summary(runs[2:]) is None

@@ -97,3 +97,65 @@ def curve_table_rows(curve: Mapping[str, Any]) -> list[list[Any]]:
             ]
         )
     return rows
+
+
+def _signed(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _diff_cell(mark: Mapping[str, Any] | None) -> str:
+    if mark is None:
+        return "-"
+    d = mark["diff"]
+    return f"{_signed(d['diff'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
+
+
+def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
+    """One row per (run, task) with a strength curve: PEFT alone (mu = 0), the applied (guarded)
+    strength and every objective's unguarded strength as paired differences on the test items, the
+    ORACLE's best point on the curve, the headroom and the share of it the applied strength
+    captures. None when no run has a curve."""
+    curves = [
+        (label, task, res["mu_curve"])
+        for label, run in runs
+        for task, res in run.get("tasks", {}).items()
+        if res.get("mu_curve")
+    ]
+    # the objectives in the order the first curve marks them (every calibration records them all)
+    objectives = list(
+        dict.fromkeys(
+            n.split("=", 1)[1] for _, _, c in curves for n in c["marks"] if n.startswith("objective=")
+        )
+    )
+    rows = []
+    for label, task, curve in curves:
+        marks = curve["marks"]
+        applied = marks.get("peft+svdecode", {})
+        share = applied.get("share_of_headroom")
+        rows.append(
+            [
+                label,
+                TASK_TITLES.get(task, task),
+                curve["n_items"],
+                pct(curve["at_zero"]),
+                f"{num(applied.get('mu'), 3)}: {_diff_cell(marks.get('peft+svdecode'))}",
+                *(_diff_cell(marks.get(f"objective={o}")) for o in objectives),
+                f"{pct(curve['best'])} (mu {num(curve['best_mu'], 3)})",
+                _signed(curve["headroom"]),
+                "-" if share is None else f"{100 * share:.0f}%",
+            ]
+        )
+    if not rows:
+        return None
+    header = [
+        "run",
+        "task",
+        "n",
+        "PEFT (mu=0) %",
+        "applied mu: diff [95% CI]",
+        *objectives,
+        "ORACLE best % (mu)",
+        "headroom",
+        "captured",
+    ]
+    return markdown_table(header, rows)
