@@ -318,6 +318,10 @@ def test_every_shared_row_parses():
         "ARC-Challenge": 1172,
         "openbookqa": 500,
     }
+    # the integration may not import the harness (svdecode.data), so it keeps its own list
+    from svdecode.data.commonsense import COMMONSENSE_DATASETS
+
+    assert loaders.COMMONSENSE == COMMONSENSE_DATASETS
     tqa = loaders.load_truthfulqa_mc(str(SHARED))["validation"]
     assert len(tqa) == 817 and all(d["mc1_targets"]["labels"][0] == 1 for d in tqa)
 

@@ -24,6 +24,8 @@ DATA_ENV = "SVDECODE_DATA"
 # file stem of each commonsense dataset's evaluation file; PIQA and HellaSwag have only 64-item
 # samples of it here and no training file
 EVAL_FILES = {"piqa": "test_sample", "hellaswag": "test_sample"}
+# the same names as svdecode.data.commonsense.COMMONSENSE_DATASETS: integrations may not import the
+# harness; tests/test_lm_eval.py checks they agree
 COMMONSENSE = (
     "boolq",
     "piqa",
