@@ -250,3 +250,20 @@ def test_objectives_summary_rows_come_from_the_curve_marks():
     assert lines[3].split(" | ")[4:7] == ["0: +0.00 [+0.00, +0.00]", "-", "-"]
     assert lines[3].endswith("| - |")
     assert objectives_summary(runs[2:]) is None
+
+
+def test_methods_table_says_when_the_guard_turned_steering_off():
+    from svdecode.eval.report import _methods_table
+
+    guard = {"enabled": True, "passed": False, "reason": "held-out gain -0.03 vs its standard error 0.04"}
+    cal = {"n_tokens": 747, "guard": guard}
+    methods = {
+        "peft+svdecode": {"method": "svdecode", "mu": 0.0, "calibration": cal, "description": "guarded"},
+        "objective=nll": {"method": "svdecode", "mu": 0.98, "calibration": cal, "description": "unguarded"},
+    }
+    rows = _methods_table({"methods": methods}).splitlines()[2:]
+    assert "steering off: calibration found no gain** (held-out gain -0.03" in rows[0]
+    assert "steering off" not in rows[1]
+    cal_on = {"n_tokens": 747, "guard": {**guard, "passed": True}}
+    on = _methods_table({"methods": {"peft+svdecode": {**methods["peft+svdecode"], "calibration": cal_on}}})
+    assert "steering off" not in on

@@ -43,6 +43,10 @@ def _methods_table(task_res: Mapping[str, Any]) -> str:
     rows = []
     for name, s in task_res.get("methods", {}).items():
         cal = s.get("calibration") or {}
+        what = s.get("description", "")
+        guard = cal.get("guard") or {}
+        if guard.get("passed") is False and s.get("mu") == 0:  # the guarded spec, not objective=<o>
+            what += f"; **steering off: calibration found no gain** ({guard.get('reason')})"
         rows.append(
             [
                 name,
@@ -54,7 +58,7 @@ def _methods_table(task_res: Mapping[str, Any]) -> str:
                 s.get("decoding_name", "greedy"),
                 s.get("estimator") or "-",
                 cal.get("n_tokens", "-"),
-                s.get("description", ""),
+                what,
             ]
         )
     return markdown_table(
