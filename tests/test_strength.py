@@ -73,7 +73,7 @@ def test_first_and_second_derivatives_match_autograd(mu):
     (h,) = torch.autograd.grad(g, m)
     value, d1, d2 = nll_derivatives(stats, mu)
     assert value == pytest.approx(float(loss.detach()), rel=1e-12)
-    assert d1 == pytest.approx(float(g), rel=1e-9, abs=1e-9)
+    assert d1 == pytest.approx(float(g.detach()), rel=1e-9, abs=1e-9)
     assert d2 == pytest.approx(float(h), rel=1e-9, abs=1e-9)
     assert d2 >= 0  # convex
 
