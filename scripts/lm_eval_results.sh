@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lm-eval runs behind docs/results.md §6 (default model, offline svdecode_* tasks). Needs the
+# The lm-eval runs behind docs/results.md §8 (default model, offline svdecode_* tasks). Needs the
 # adapters of scripts/results.sh (runs/tqa-lora, runs/cs-lora). Two lanes, one CPU thread each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +16,17 @@ python scripts/lm_eval_tqa.py samples --tqa-calib 100 --tqa-test 317 --limit 200
   --out runs/lm-eval/tqa_samples.json
 
 lane_steered() {
+  # the calibrated artifact of runs/tqa-lora (objective nll, guard passed: mu = 1.289)
   svdecode lm-eval --model svdecode --model_args adapter=runs/tqa-lora "${TQA[@]}" "${COMMON[@]}" \
     --output_path runs/lm-eval/tqa-svdecode
   svdecode eval --steered runs/tqa-lora --tasks truthfulqa_mc --tqa-calib 100 --tqa-test 317 --limit 200 \
-    --mc-prompt qa_primer --methods base,peft,peft+svdecode --out runs/eval-tqa-lora-primer
-  svdecode lm-eval --model svdecode --model_args adapter=runs/cs-lora "${CS[@]}" "${COMMON[@]}" \
-    --output_path runs/lm-eval/cs-svdecode
+    --mc-prompt qa_primer --methods base,peft,peft+svdecode --no-mu-curve --out runs/eval-tqa-lora-primer
+  # runs/cs-lora's guard turned steering off (mu = 0: the svdecode model then scores exactly as
+  # hf+peft, see the mu=0 cross-check), so the steered row uses its unguarded nll strength instead
+  local mu
+  mu=$(python -c "import json; print(json.load(open('runs/cs-lora/steering_config.json'))['calibration']['estimates']['nll'])")
+  svdecode lm-eval --model svdecode --model_args "adapter=runs/cs-lora,mu=$mu" "${CS[@]}" "${COMMON[@]}" \
+    --output_path runs/lm-eval/cs-svdecode-nll-unguarded
 }
 
 lane_hf() {
