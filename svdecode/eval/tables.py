@@ -149,7 +149,7 @@ def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | N
         return None
     header = [
         "run",
-        "task",
+        "benchmark",
         "n",
         "PEFT (mu=0) %",
         "applied mu: diff [95% CI]",
