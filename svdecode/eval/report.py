@@ -279,6 +279,69 @@ def _load(path: str | Path) -> tuple[dict[str, Any], Path]:
     return data, path.parent
 
 
+def _run_plots(run: Mapping[str, Any], run_dir: Path, label: str, out: Path) -> list[str]:
+    """One run's plots per task: metric bars, strength curve, alpha sweep, mu*_t histograms."""
+    prefix = slug(label)
+    md: list[str] = []
+    for task, res in run.get("tasks", {}).items():
+        md += ["", f"### Plots: {TASK_TITLES.get(task, task)} ({label})", ""]
+        png, cap = plot_task_bars(task, res, out / f"{prefix}_{task}_bars.png")
+        md += [f"![{task}]({png.name})", "", f"*{cap}*", ""]
+        curve = plot_mu_curve(task, res, out / f"{prefix}_{task}_mu_curve.png")
+        if curve:
+            md += [f"![mu curve]({curve[0].name})", "", f"*{curve[1]}*", ""]
+        sweep = plot_alpha_sweep(task, res, out / f"{prefix}_{task}_alpha_sweep.png")
+        if sweep:
+            md += [f"![alpha sweep]({sweep[0].name})", "", f"*{sweep[1]}*", ""]
+        token_mu = {}
+        for name in HISTOGRAM_METHODS:
+            spec = res.get("methods", {}).get(name, {})
+            rel = spec.get("token_mu_file")
+            key = (spec.get("calibration") or {}).get("key")
+            if rel and key and key not in token_mu and (run_dir / rel).is_file():
+                token_mu[key] = np.load(run_dir / rel)
+        # one histogram per calibration keeps each heavy tail readable
+        for key, arr in token_mu.items():
+            png, cap = plot_token_mu_hist({key: arr}, out / f"{prefix}_{task}_mu_{slug(key)}.png")
+            md += [f"![mu* histogram]({png.name})", "", f"*Calibration mu\\*_t, {cap}.*", ""]
+    return md
+
+
+def _across_runs(runs: Sequence[Mapping[str, Any]], labels: Sequence[str], out: Path) -> list[str]:
+    """The comparison of several runs: strength objectives, headline metric per run, warm-start plot."""
+    md = ["# Across runs", ""]
+    summary = objectives_summary(list(zip(labels, runs, strict=True)))
+    if summary:
+        md += [
+            "## Strength objectives (test metric; the curve's best point is the ORACLE)",
+            "",
+            "Differences vs mu = 0 in points, paired bootstrap 95% CIs on the test items; "
+            "`applied` is the guarded strength the artifact uses, the objective columns are "
+            "each objective's unguarded strength; `captured` = applied gain / headroom.",
+            "",
+            summary,
+            "",
+        ]
+    tasks = list(dict.fromkeys(t for run in runs for t in run.get("tasks", {})))
+    for task in tasks:
+        rows = []
+        for run, label in zip(runs, labels, strict=True):
+            res = run.get("tasks", {}).get(task)
+            for name in ("peft", "peft+svdecode"):
+                if res and name in res["metrics"]:
+                    _, m, lo, hi = headline(task, res["metrics"][name])
+                    fraction = warmstart_fraction(run)
+                    n = n_items(task, res["metrics"][name])
+                    rows.append([label, "-" if fraction is None else fraction, name, ci_text(m, lo, hi), n])
+        if rows:
+            header = ["run", "warm-start fraction", "method", headline(task, {})[0], "n"]
+            md += [f"## {TASK_TITLES.get(task, task)}", "", markdown_table(header, rows), ""]
+        ws = plot_warmstart(list(runs), task, out / f"warmstart_{task}.png")
+        if ws:
+            md += [f"![warm-start]({ws[0].name})", "", f"*{ws[1]}*", ""]
+    return md
+
+
 def render_report(
     results_json_paths: Sequence[str | Path], out_dir: str | Path, labels: Sequence[str] | None = None
 ) -> Path:
@@ -297,75 +360,11 @@ def render_report(
     )
     md: list[str] = ["# svdecode report", ""]
     for (run, run_dir), label in zip(runs, labels, strict=True):
-        prefix = slug(label)
         if len(runs) > 1:
             md += [f"# {label} ({run_dir})", ""]
         body = results_markdown(run, title=f"Results: {label}")
         md.append(re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M))  # one level below the report title
-        for task, res in run.get("tasks", {}).items():
-            md += ["", f"### Plots: {TASK_TITLES.get(task, task)} ({label})", ""]
-            png, cap = plot_task_bars(task, res, out / f"{prefix}_{task}_bars.png")
-            md += [f"![{task}]({png.name})", "", f"*{cap}*", ""]
-            curve = plot_mu_curve(task, res, out / f"{prefix}_{task}_mu_curve.png")
-            if curve:
-                md += [f"![mu curve]({curve[0].name})", "", f"*{curve[1]}*", ""]
-            sweep = plot_alpha_sweep(task, res, out / f"{prefix}_{task}_alpha_sweep.png")
-            if sweep:
-                md += [f"![alpha sweep]({sweep[0].name})", "", f"*{sweep[1]}*", ""]
-            token_mu = {}
-            for name in HISTOGRAM_METHODS:
-                spec = res.get("methods", {}).get(name, {})
-                rel = spec.get("token_mu_file")
-                key = (spec.get("calibration") or {}).get("key")
-                if rel and key and key not in token_mu and (run_dir / rel).is_file():
-                    token_mu[key] = np.load(run_dir / rel)
-            # one histogram per calibration keeps each heavy tail readable
-            for key, arr in token_mu.items():
-                png, cap = plot_token_mu_hist({key: arr}, out / f"{prefix}_{task}_mu_{slug(key)}.png")
-                md += [f"![mu* histogram]({png.name})", "", f"*Calibration mu\\*_t, {cap}.*", ""]
+        md += _run_plots(run, run_dir, label, out)
     if len(runs) > 1:
-        tasks = list(dict.fromkeys(t for run, _ in runs for t in run.get("tasks", {})))
-        md += ["# Across runs", ""]
-        summary = objectives_summary([(label, run) for (run, _), label in zip(runs, labels, strict=True)])
-        if summary:
-            md += [
-                "## Strength objectives (test metric; the curve's best point is the ORACLE)",
-                "",
-                "Differences vs mu = 0 in points, paired bootstrap 95% CIs on the test items; "
-                "`applied` is the guarded strength the artifact uses, the objective columns are "
-                "each objective's unguarded strength; `captured` = applied gain / headroom.",
-                "",
-                summary,
-                "",
-            ]
-        for task in tasks:
-            rows = []
-            for (run, _), label in zip(runs, labels, strict=True):
-                res = run.get("tasks", {}).get(task)
-                if not res:
-                    continue
-                for name in ("peft", "peft+svdecode"):
-                    if name in res["metrics"]:
-                        hl, m, lo, hi = headline(task, res["metrics"][name])
-                        rows.append(
-                            [
-                                label,
-                                warmstart_fraction(run) if warmstart_fraction(run) is not None else "-",
-                                name,
-                                ci_text(m, lo, hi),
-                                n_items(task, res["metrics"][name]),
-                            ]
-                        )
-            if rows:
-                md += [
-                    f"## {TASK_TITLES.get(task, task)}",
-                    "",
-                    markdown_table(
-                        ["run", "warm-start fraction", "method", headline(task, {})[0], "n"], rows
-                    ),
-                    "",
-                ]
-            ws = plot_warmstart([r for r, _ in runs], task, out / f"warmstart_{task}.png")
-            if ws:
-                md += [f"![warm-start]({ws[0].name})", "", f"*{ws[1]}*", ""]
+        md += _across_runs([run for run, _ in runs], labels, out)
     return write_text_atomic(out / "report.md", "\n".join(md) + "\n")
