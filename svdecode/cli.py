@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate_parser(sub)
 
+    _add_pipeline_parsers(sub)
+    _add_eval_parser(sub)
+
+    _add_output_parsers(sub)
+    return parser
+
+
+def _add_pipeline_parsers(sub) -> None:
+    """calibrate, warmstart, run: the stages that produce a steered model directory."""
     c = sub.add_parser("calibrate", help="calibrate mu_bar on labelled data and save the steering artifact")
     add_model_args(c)
     add_steering_args(c)
@@ -96,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_warmstart_args(r)
     r.set_defaults(func=cmd_run)
 
-    _add_eval_parser(sub)
 
+def _add_output_parsers(sub) -> None:
+    """report, demo, serve, lm-eval: what turns models and results into tables, runs and services."""
     rp = sub.add_parser("report", help="tables and plots from one or more results.json")
     rp.add_argument("results", nargs="+")
     rp.add_argument("--out", required=True)
@@ -131,7 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     le.add_argument("args", nargs=argparse.REMAINDER)
     le.set_defaults(func=cmd_lm_eval)
-    return parser
 
 
 def _add_generate_parser(sub) -> None:

@@ -378,16 +378,12 @@ def _wrap_model(model, tokenizer, cfg: WarmstartConfig, part: Path, out: Path) -
     return peft_model
 
 
-def _train(
-    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-    *, progress, callbacks, keep_checkpoints,
-) -> WarmstartResult:  # fmt: skip
+def _run_trainer(examples, out, part, cfg, model, tokenizer, scan, resume_ckpt, args, *, progress, callbacks):
+    """Wrap the model in the adapter and train it with the transformers Trainer (resuming from
+    ``resume_ckpt`` when given); returns the trained model and what the run record needs."""
     from transformers.trainer_callback import PrinterCallback
 
-    started = time.time()
     peft_model = _wrap_model(model, tokenizer, cfg, part, out)
-    pc = peft_model.peft_config["default"]
-    trainable, total = peft_model.get_nb_trainable_parameters()
     WarmstartTrainer, LossLog = _trainer_classes()
     loss_log = LossLog(part / LOG_NAME)
     trainer = WarmstartTrainer(
@@ -406,6 +402,29 @@ def _train(
     output = trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
     seconds = time.perf_counter() - t0
     peft_model.eval()
+    return peft_model, trainer.state, output, loss_log, resumed_from, seconds
+
+
+def _train(
+    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+    *, progress, callbacks, keep_checkpoints,
+) -> WarmstartResult:  # fmt: skip
+    started = time.time()
+    peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
+        examples,
+        out,
+        part,
+        cfg,
+        model,
+        tokenizer,
+        scan,
+        resume_ckpt,
+        args,
+        progress=progress,
+        callbacks=callbacks,
+    )
+    pc = peft_model.peft_config["default"]
+    trainable, total = peft_model.get_nb_trainable_parameters()
 
     # ---- write the finished run into the partial dir, then rename it into place ----
     # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
@@ -418,7 +437,6 @@ def _train(
         write_json(part / MANIFEST_NAME, manifest)
     if not keep_checkpoints:
         shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
-    state = trainer.state
     info = {
         "format_version": FORMAT_VERSION,
         "status": "complete",
