@@ -46,12 +46,10 @@ def load_model(ns: argparse.Namespace):
         model.adapter_digest = rundir.adapter_digest(ns.adapter)
     else:
         raise InputError("give --steered DIR or --adapter DIR (see svdecode warmstart to make an adapter)")
-    for key in ("mu", "alpha", "method"):
-        if getattr(ns, key, None) is not None:
-            setattr(model.steering, key, getattr(ns, key))
-    if getattr(ns, "lam", None) is not None:
+    model.steering.override(**{key: getattr(ns, key, None) for key in ("mu", "alpha", "method")})
+    if getattr(ns, "lam", None) is not None:  # None is a value here (the scoring mode), so set directly
         model.steering.lam = None if ns.lam == KEEP else ns.lam
-    model.steering.validate()
+        model.steering.validate()
     return model
 
 

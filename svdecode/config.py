@@ -191,6 +191,20 @@ class SteeringConfig:
         """Check every field against :data:`SCHEMA` (raises :class:`ConfigError`)."""
         check_fields({name: getattr(self, name) for name in SCHEMA}, "steering settings", from_file=False)
 
+    def override(self, **values: Any) -> None:
+        """Set the given fields (``None`` leaves a field as it is) and validate. A new ``mu`` or
+        ``alpha`` drops calibrated per-bin strengths: they were fitted for the stored ones, and
+        applying them would silently ignore the strength asked for."""
+        given = {k: v for k, v in values.items() if v is not None}
+        unknown = set(given) - set(SCHEMA)
+        if unknown:
+            raise ConfigError(f"steering settings: unknown field(s) {sorted(unknown)}")
+        for key, value in given.items():
+            setattr(self, key, value)
+        if "mu" in given or "alpha" in given:
+            self.mu_bins = None
+        self.validate()
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         # JSON has no infinity: -inf is stored as "-inf" so the file stays standard JSON.

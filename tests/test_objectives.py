@@ -189,3 +189,38 @@ def test_artifact_round_trips_binned_strengths(tokenizer, tmp_path):
     loaded = SteeredModel.from_pretrained(tmp_path / "s")
     assert loaded.steering.mu_bins == model.steering.mu_bins
     assert json.loads((tmp_path / "s" / CONFIG_NAME).read_text())["mu_bins"]["mu"] == [0.5, -0.5]
+
+
+def test_a_given_mu_or_alpha_replaces_calibrated_binned_strengths(tokenizer, tmp_path):
+    from conftest import make_model
+
+    from svdecode.cli import build_parser
+    from svdecode.commands import load_model
+
+    base_dir = tmp_path / "base"
+    make_model(len(tokenizer), seed=0).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    peft_model = make_peft("lora", len(tokenizer))
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    model = SteeredModel.from_peft(peft_model, tokenizer, mu=0.25)
+    bins = {"observable": "log_max_p_adapted", "edges": [-1.0], "mu": [0.5, -0.5]}
+    model.steering.mu_bins = bins
+    model.steering.base_model = str(base_dir)
+    model.save_pretrained(tmp_path / "s")
+
+    def steering(*flags):
+        ns = build_parser().parse_args(
+            ["generate", "--steered", str(tmp_path / "s"), "--prompt", "x", *flags]
+        )
+        return load_model(ns).steering
+
+    assert steering().mu_bins == bins
+    assert steering("--method", "svdecode").mu_bins == bins
+    got = steering("--mu", "2.0")
+    assert got.mu == 2.0 and got.mu_bins is None
+    got = steering("--alpha", "0.3")
+    assert got.alpha == 0.3 and got.mu_bins is None
+    cfg = SteeringConfig(mu=1.0, mu_bins=bins)
+    with pytest.raises(Exception, match="unknown field"):
+        cfg.override(strength=1.0)
+    assert cfg.mu_bins == bins

@@ -153,14 +153,11 @@ def _steering(adapter: Path, mu: Any, alpha: Any) -> tuple[SteeringConfig, str]:
             f"in model_args, or calibrate first (svdecode calibrate --adapter {adapter} --data ... --out {adapter})"
         )
     cfg = SteeringConfig.load(adapter) if saved else SteeringConfig()
-    if mu is not None or alpha is not None:
-        cfg.mu_bins = None  # calibrated per-bin strengths belong to the calibrated mu and alpha
-    if mu is not None:
-        cfg.mu = _finite("mu", mu)
-    if alpha is not None:
-        cfg.alpha = _finite("alpha", alpha)
     try:
-        cfg.validate()
+        cfg.override(
+            mu=None if mu is None else _finite("mu", mu),
+            alpha=None if alpha is None else _finite("alpha", alpha),
+        )
     except ConfigError as err:
         raise ModelArgsError(f"model_args: {err}") from err
     return cfg, "model_args" if mu is not None else str(adapter / CONFIG_NAME)

@@ -75,11 +75,7 @@ def run_serve(ns: argparse.Namespace) -> int:
     from svdecode.integrations.server.engine import load_model
 
     model = load_model(ns.adapter_dir, base=ns.base, dtype=ns.dtype, device=ns.device)
-    if ns.mu is not None:
-        model.steering.mu = ns.mu
-    if ns.alpha is not None:
-        model.steering.alpha = ns.alpha
-    model.steering.validate()
+    model.steering.override(mu=ns.mu, alpha=ns.alpha)
     settings = ServerSettings(
         model_name=ns.model_name,
         max_batch=ns.max_batch,
