@@ -240,6 +240,13 @@ def test_objectives_summary_rows_come_from_the_curve_marks():
         ("b", {"tasks": {"commonsense": {"mu_curve": off}}}),
         ("c", {"tasks": {"truthfulqa_gen": {}}}),
     ]
+    applied_only = {
+        **curve,
+        "marks": {"peft+svdecode": {**_mark(1.6, 0.003, -0.005, 0.012, 0.6), "objective": "nll"}},
+    }
+    assert objectives_summary([("d", {"tasks": {"truthfulqa_mc": {"mu_curve": applied_only}}})]).splitlines()[
+        2
+    ].split(" | ")[4:6] == ["1.6: +0.30 [-0.50, +1.20]", "+0.30 [-0.50, +1.20]"]  # nll = the applied mark
     lines = objectives_summary(runs).splitlines()
     assert lines[0].split(" | ")[5:7] == ["nll", "mean"]
     assert len(lines) == 4  # header, rule, one row per run and task with a curve

@@ -110,6 +110,15 @@ def _diff_cell(mark: Mapping[str, Any] | None) -> str:
     return f"{_signed(d['diff'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
 
 
+def _objective_mark(marks: Mapping[str, Any], objective: str) -> Mapping[str, Any] | None:
+    """An objective's own strength on the curve; the curve marks a strength once, so when the
+    applied spec already sits there (same objective, not binned) that mark stands for it."""
+    own = marks.get(f"objective={objective}")
+    if own is not None:
+        return own
+    return next((m for m in marks.values() if m.get("objective") == objective and not m.get("binned")), None)
+
+
 def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
     """One row per (run, task) with a strength curve: PEFT alone (mu = 0), the applied (guarded)
     strength and every objective's unguarded strength as paired differences on the test items, the
@@ -124,7 +133,8 @@ def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | N
     # the objectives in the order the first curve marks them (every calibration records them all)
     objectives = list(
         dict.fromkeys(
-            n.split("=", 1)[1] for _, _, c in curves for n in c["marks"] if n.startswith("objective=")
+            [n.split("=", 1)[1] for _, _, c in curves for n in c["marks"] if n.startswith("objective=")]
+            + [m["objective"] for _, _, c in curves for m in c["marks"].values() if m.get("objective")]
         )
     )
     rows = []
@@ -139,7 +149,7 @@ def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | N
                 curve["n_items"],
                 pct(curve["at_zero"]),
                 f"{num(applied.get('mu'), 3)}: {_diff_cell(marks.get('peft+svdecode'))}",
-                *(_diff_cell(marks.get(f"objective={o}")) for o in objectives),
+                *(_diff_cell(_objective_mark(marks, o)) for o in objectives),
                 f"{pct(curve['best'])} (mu {num(curve['best_mu'], 3)})",
                 _signed(curve["headroom"]),
                 "-" if share is None else f"{100 * share:.0f}%",
