@@ -28,7 +28,7 @@ lane_truthfulqa() {
   svdecode eval --steered runs/tqa-lora "${mc[@]}" \
     --methods peft,peft+svdecode,alpha=0.05,alpha=0.2,alpha=0.5 --out runs/eval-tqa-lora-alpha
   svdecode run "${split[@]}" --peft ia3 --out runs/tqa-ia3
-  svdecode eval --steered runs/tqa-ia3 "${mc[@]}" --methods base,peft,peft+svdecode --out runs/eval-tqa-ia3
+  svdecode eval --steered runs/tqa-ia3 "${mc[@]}" --methods peft,peft+svdecode --out runs/eval-tqa-ia3
   # warm-start length (1/16, 1/4, 1 epoch) x learning rate (the paper's 5e-5, and 5e-4)
   for lr in 5e-05 5e-04; do
     for f in 0.0625 0.25 1; do
@@ -44,10 +44,8 @@ lane_truthfulqa() {
 lane_commonsense > runs/logs/commonsense.log 2>&1 &
 lane_truthfulqa > runs/logs/truthfulqa.log 2>&1 &
 wait
-svdecode report runs/eval-tqa-lora/results.json runs/eval-tqa-ia3/results.json runs/eval-tqa-lora-alpha/results.json \
-  runs/eval-cs-lora/results.json \
-  runs/eval-tqa-lora-lr5e-05-f0.0625/results.json runs/eval-tqa-lora-lr5e-05-f0.25/results.json \
-  runs/eval-tqa-lora-lr5e-04-f0.0625/results.json runs/eval-tqa-lora-lr5e-04-f0.25/results.json \
-  runs/eval-tqa-lora-lr5e-04-f1/results.json \
-  --labels tqa-lora,tqa-ia3,tqa-lora-alpha,cs-lora,tqa-lora-1/16,tqa-lora-1/4,tqa-lora-lr5e-4-1/16,tqa-lora-lr5e-4-1/4,tqa-lora-lr5e-4-1 \
+svdecode report runs/eval-tqa-lora runs/eval-tqa-lora-lr5e-05-f0.0625 runs/eval-tqa-lora-lr5e-05-f0.25 \
+  runs/eval-tqa-lora-lr5e-04-f0.0625 runs/eval-tqa-lora-lr5e-04-f0.25 runs/eval-tqa-lora-lr5e-04-f1 \
+  runs/eval-tqa-ia3 runs/eval-cs-lora runs/eval-tqa-lora-alpha \
+  --labels "TQA LoRA 1 ep lr 5e-5,TQA LoRA 1/16 ep lr 5e-5,TQA LoRA 1/4 ep lr 5e-5,TQA LoRA 1/16 ep lr 5e-4,TQA LoRA 1/4 ep lr 5e-4,TQA LoRA 1 ep lr 5e-4,TQA IA3 1 ep lr 5e-5,CS LoRA 1 ep lr 5e-5,TQA LoRA alpha sweep" \
   --out docs/report
