@@ -405,39 +405,13 @@ def _run_trainer(examples, out, part, cfg, model, tokenizer, scan, resume_ckpt, 
     return peft_model, trainer.state, output, loss_log, resumed_from, seconds
 
 
-def _train(
-    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-    *, progress, callbacks, keep_checkpoints,
-) -> WarmstartResult:  # fmt: skip
-    started = time.time()
-    peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
-        examples,
-        out,
-        part,
-        cfg,
-        model,
-        tokenizer,
-        scan,
-        resume_ckpt,
-        args,
-        progress=progress,
-        callbacks=callbacks,
-    )
-    pc = peft_model.peft_config["default"]
-    trainable, total = peft_model.get_nb_trainable_parameters()
-
-    # ---- write the finished run into the partial dir, then rename it into place ----
-    # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
-    # It is set only now: during training peft's checkpoint saves would look that name up on the
-    # hub to see whether the vocabulary changed; embeddings are never trained here.
-    pc.base_model_name_or_path = base_name
-    peft_model.save_pretrained(str(part), save_embedding_layers=False)
-    tokenizer.save_pretrained(str(part))
-    if manifest is not None:
-        write_json(part / MANIFEST_NAME, manifest)
-    if not keep_checkpoints:
-        shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
-    info = {
+def _record(
+    cfg, pc, base_name, request, tokenizer, examples, scan, state, output, loss_log, resumed_from,
+    *, seconds, started, params, device,
+) -> dict:  # fmt: skip
+    """The warm-start record (warmstart.json): what was asked, what the data and the run were."""
+    trainable, total = params
+    return {
         "format_version": FORMAT_VERSION,
         "status": "complete",
         "method": cfg.method,
@@ -465,11 +439,48 @@ def _train(
         "trainable_params": int(trainable),
         "total_params": int(total),
         "precision": precision_of(cfg),
-        "device": str(args.device),
+        "device": str(device),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": dependency_versions(),
         "command": " ".join(sys.argv),
     }
+
+
+def _train(
+    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
+    *, progress, callbacks, keep_checkpoints,
+) -> WarmstartResult:  # fmt: skip
+    started = time.time()
+    peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
+        examples,
+        out,
+        part,
+        cfg,
+        model,
+        tokenizer,
+        scan,
+        resume_ckpt,
+        args,
+        progress=progress,
+        callbacks=callbacks,
+    )
+    pc = peft_model.peft_config["default"]
+
+    # ---- write the finished run into the partial dir, then rename it into place ----
+    # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
+    # It is set only now: during training peft's checkpoint saves would look that name up on the
+    # hub to see whether the vocabulary changed; embeddings are never trained here.
+    pc.base_model_name_or_path = base_name
+    peft_model.save_pretrained(str(part), save_embedding_layers=False)
+    tokenizer.save_pretrained(str(part))
+    if manifest is not None:
+        write_json(part / MANIFEST_NAME, manifest)
+    if not keep_checkpoints:
+        shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
+    info = _record(
+        cfg, pc, base_name, request, tokenizer, examples, scan, state, output, loss_log, resumed_from,
+        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(), device=args.device,
+    )  # fmt: skip
     (part / REQUEST_NAME).unlink(missing_ok=True)
     write_json(part / INFO_NAME, info)
     rundir.record_stage(
