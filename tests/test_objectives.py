@@ -174,7 +174,11 @@ def test_binned_strengths_reach_decoding(tokenizer):
         SteeringConfig(mu_bins=bad)
 
 
-def test_artifact_round_trips_binned_strengths(tokenizer, tmp_path):
+BINS = {"observable": "log_max_p_adapted", "edges": [-1.0], "mu": [0.5, -0.5]}
+
+
+def _saved_with_bins(tokenizer, tmp_path) -> tuple[SteeredModel, Path]:
+    """A steered LoRA model with calibrated binned strengths, saved with its base."""
     from conftest import make_model
 
     base_dir = tmp_path / "base"
@@ -183,35 +187,28 @@ def test_artifact_round_trips_binned_strengths(tokenizer, tmp_path):
     peft_model = make_peft("lora", len(tokenizer))
     peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
     model = SteeredModel.from_peft(peft_model, tokenizer, mu=0.25)
-    model.steering.mu_bins = {"observable": "log_max_p_adapted", "edges": [-1.0], "mu": [0.5, -0.5]}
+    model.steering.mu_bins = dict(BINS)
     model.steering.base_model = str(base_dir)
     model.save_pretrained(tmp_path / "s")
-    loaded = SteeredModel.from_pretrained(tmp_path / "s")
+    return model, tmp_path / "s"
+
+
+def test_artifact_round_trips_binned_strengths(tokenizer, tmp_path):
+    model, saved = _saved_with_bins(tokenizer, tmp_path)
+    loaded = SteeredModel.from_pretrained(saved)
     assert loaded.steering.mu_bins == model.steering.mu_bins
-    assert json.loads((tmp_path / "s" / CONFIG_NAME).read_text())["mu_bins"]["mu"] == [0.5, -0.5]
+    assert json.loads((saved / CONFIG_NAME).read_text())["mu_bins"]["mu"] == [0.5, -0.5]
 
 
 def test_a_given_mu_or_alpha_replaces_calibrated_binned_strengths(tokenizer, tmp_path):
-    from conftest import make_model
-
     from svdecode.cli import build_parser
     from svdecode.commands import load_model
 
-    base_dir = tmp_path / "base"
-    make_model(len(tokenizer), seed=0).save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
-    peft_model = make_peft("lora", len(tokenizer))
-    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    model = SteeredModel.from_peft(peft_model, tokenizer, mu=0.25)
-    bins = {"observable": "log_max_p_adapted", "edges": [-1.0], "mu": [0.5, -0.5]}
-    model.steering.mu_bins = bins
-    model.steering.base_model = str(base_dir)
-    model.save_pretrained(tmp_path / "s")
+    _, saved = _saved_with_bins(tokenizer, tmp_path)
+    bins = BINS
 
     def steering(*flags):
-        ns = build_parser().parse_args(
-            ["generate", "--steered", str(tmp_path / "s"), "--prompt", "x", *flags]
-        )
+        ns = build_parser().parse_args(["generate", "--steered", str(saved), "--prompt", "x", *flags])
         return load_model(ns).steering
 
     assert steering().mu_bins == bins
