@@ -143,15 +143,13 @@ def calibration_options(ns: argparse.Namespace, examples) -> dict[str, Any]:
     from svdecode.eval.choices import calibration_choices
 
     choices, metric = calibration_choices(examples)
-    return dict(
-        objective=ns.objective,
-        choices=choices,
-        choice_metric=metric,
-        guard=not ns.no_guard,
-        folds=ns.folds,
-        bins=ns.confidence_bins,
-        seed=ns.seed,
-    )
+    return dict(calibration_flags(ns), choices=choices, choice_metric=metric, seed=ns.seed)
+
+
+def calibration_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The calibration flags (cli_options.add_calibration_args) as the keyword arguments that
+    calibrate, run and eval all take."""
+    return dict(objective=ns.objective, guard=not ns.no_guard, folds=ns.folds, bins=ns.confidence_bins)
 
 
 def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
@@ -219,10 +217,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         n_calib=ns.n_calib,
         n_test=ns.n_test,
         seed=ns.seed,
-        objective=ns.objective,
-        guard=not ns.no_guard,
-        folds=ns.folds,
-        bins=ns.confidence_bins,
+        **calibration_flags(ns),
         choices=calibration_choices,
         source=ns.data,
         resume=ns.resume,
@@ -288,10 +283,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             max_new_tokens=ns.max_new_tokens,
             judge=judge,
             mc_prompt_style=ns.mc_prompt,
-            objective=ns.objective,
-            guard=not ns.no_guard,
-            folds=ns.folds,
-            bins=ns.confidence_bins,
+            **calibration_flags(ns),
             mu_curves=not ns.no_mu_curve,
             run_info={"command": " ".join(sys.argv), "warmstart_fraction": ns.warmstart_fraction},
             overwrite=ns.overwrite,
