@@ -18,6 +18,7 @@ CORE = {
     "svdecode.steering",
     "svdecode.strength",
     "svdecode.objectives",
+    "svdecode.selection",
     "svdecode.streams",
     "svdecode.kv_cache",
     "svdecode.steered_model",

@@ -1,11 +1,11 @@
 """Calibrating the steering strength on labelled data: one pass over the calibration set collects
 the per-token sufficient statistics (:mod:`svdecode.strength`), then :mod:`svdecode.objectives`
-fits every objective, cross-validates them and decides what to apply.
+fits every objective and :mod:`svdecode.selection` cross-validates them and decides what to apply.
 
 Only answer tokens count (never prompt tokens). With ``choices`` (multiple-choice items, e.g. the
 calibration questions' TruthfulQA true/false answers, or a commonsense example's label options)
-the statistics of every option are collected too: the ``task`` objective and the guard then judge
-on the task's own metric.
+the statistics of every option are collected too: the ``choice`` and ``task`` objectives, the
+selection and the guard (:mod:`svdecode.selection`) then judge on the task's own metric.
 
 The probability-space ablation (``method="prob_space"``) is not linear in its strength: it keeps the
 paper's estimators only (eqs. 41-46 with the probability direction).
@@ -21,16 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from svdecode.objectives import (
+    CHOOSABLE,
     DEFAULT_OBJECTIVE,
-    OBJECTIVES,
     ChoiceItem,
     ChoiceStats,
     ItemMetric,
-    StrengthChoice,
     choice_accuracy,
-    choose_strength,
 )
 from svdecode.scoring import batches, encode_pairs
+from svdecode.selection import StrengthChoice, choose_strength
 from svdecode.steering import ESTIMATORS, aggregate_mu, token_mu
 from svdecode.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
 
@@ -140,14 +139,14 @@ def calibrate_streams(
     cap: int = DEFAULT_CAP,
 ) -> CalibrationResult:
     """Collect the statistics of every answer token (and of every choice option) and decide the
-    strength (:func:`svdecode.objectives.choose_strength`). ``ids`` name each pair's item (folds
+    strength (:func:`svdecode.selection.choose_strength`). ``ids`` name each pair's item (folds
     keep an item's pair and its choices together; default: the pair's position)."""
     if method not in METHOD_DIRECTION:
         raise ValueError(
             f"method {method!r} has no strength to calibrate; calibratable: {sorted(METHOD_DIRECTION)}"
         )
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r} (estimator); choose one of {OBJECTIVES}")
+    if objective not in CHOOSABLE:
+        raise ValueError(f"unknown objective {objective!r} (estimator); choose one of {CHOOSABLE}")
     if method not in DIRECTION_OF:
         return _calibrate_paper_only(
             streams,
@@ -179,15 +178,15 @@ def calibrate_streams(
         stats_bytes_per_token=stats.nbytes / max(len(stats), 1),
         stats_kept_width=int(stats.kept_width),
         stats_capped_tokens=stats.n_capped,
-        objective=objective,
+        objective=decision.objective,
         mu=decision.mu,
         estimates=decision.estimates,
-        cv=decision.cv,
         guard=decision.guard,
         bins=decision.bins,
+        selection=decision.selection,
         n_choice_items=len(choices or ()),
     )
-    return CalibrationResult(decision.mu, objective, summary, mu_t, stats, cstats, decision)
+    return CalibrationResult(decision.mu, decision.objective, summary, mu_t, stats, cstats, decision)
 
 
 def _summary(

@@ -173,21 +173,23 @@ def read_prompt_file(path: str | None) -> list[str]:
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """How the strength is calibrated (svdecode.objectives): objective, guard, folds, bins."""
-    from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+    from svdecode.objectives import CHOOSABLE, DEFAULT_OBJECTIVE
 
     c = p.add_argument_group("calibration of the strength")
     c.add_argument(
         "--objective",
         default=DEFAULT_OBJECTIVE,
-        choices=OBJECTIVES,
-        help="nll: exact minimiser of the steered NLL; task: best task metric on the data's choices; "
-        "mean/median/trimmed/pooled: the paper's estimators",
+        choices=CHOOSABLE,
+        help="auto (default): every candidate below cross-validated, the best applied if nested "
+        "cross-validation finds a gain; or force one: choice: most probability on the correct "
+        "options of the data's choices; nll: exact minimiser of the steered NLL; task: best task "
+        "metric on the data's choices; mean/median/trimmed/pooled: the paper's estimators",
     )
-    c.add_argument("--estimator", dest="objective", choices=OBJECTIVES, help=argparse.SUPPRESS)  # old name
+    c.add_argument("--estimator", dest="objective", choices=CHOOSABLE, help=argparse.SUPPRESS)  # old name
     c.add_argument(
         "--no-guard",
         action="store_true",
-        help="apply the fit even if cross-validation finds no held-out gain",
+        help="apply the chosen fit even if nested cross-validation finds no held-out gain",
     )
     c.add_argument("--folds", type=number_type(checks.Rule("int", lo=2)), default=5, help="guard's CV folds")
     c.add_argument(

@@ -162,6 +162,22 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
         "mu*_t quantiles: " + ", ".join(f"{k}={v:.3g}" for k, v in st["quantiles"].items()),
         f"gold token outside the confidence mask: {100 * st['frac_gold_outside_mask']:.1f}%",
     ]
+    sel = st.get("selection")
+    if sel:
+        unit = "points" if sel["judge"] == "task" else "nats/token"
+        lines.append(
+            f"candidates (held-out gain over mu = 0 in {unit} on {sel['n_items']} items, {sel['folds']} folds; {sel['criterion']}):"
+        )
+        for name, c in sel["candidates"].items():
+            mu = c["mu"] if isinstance(c["mu"], list) else [c["mu"]]
+            mark = "  <- chosen" if name == sel["chosen"] else ""
+            lines.append(
+                f"  {name:8s} mu = {', '.join(f'{m:+.4g}' for m in mu):24s} cv gain {c['cv_gain']:+.4g} "
+                f"± {c['se']:.3g}  score {c['score']:+.4g}{mark}"
+            )
+        lines.append(
+            f"  decision: {sel['chosen']}; nested gain {sel['nested_gain']:+.4g} ± {sel['nested_se']:.3g}"
+        )
     if guard.get("passed") is False:
         lines.append(f"steering off: calibration found no gain ({guard.get('reason')})")
     elif guard.get("enabled"):

@@ -20,13 +20,15 @@ from typing import Any
 from svdecode.checks import UNIT_INTERVAL, Rule
 from svdecode.errors import SvdecodeError
 from svdecode.fileio import write_json_atomic
-from svdecode.objectives import OBJECTIVES
+from svdecode.objectives import APPLIED
 
 CONFIG_NAME = "steering_config.json"
 # 2: the schema below; lam is a number, "-inf" or null (1 wrote finite values as strings too).
 # 3: "objective" (was "estimator": every objective of svdecode.objectives) and "mu_bins".
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+# 4: "calibration" may hold "selection" (svdecode.selection; checked when present) and "objective"
+#    names what was applied, "off" included. Older files have neither and load as they are.
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
 # How the two distributions are combined (the first is the method; the rest are the comparisons
 # and ablations the evaluation needs, computed from the same two streams).
@@ -67,7 +69,9 @@ SCHEMA: dict[str, FieldSpec] = {
     "alpha": FieldSpec("number", "the confidence-mask threshold (eq. 12)", rule=UNIT_INTERVAL),
     "lam": FieldSpec("lam", "the value of masked tokens: -inf, a finite number, or null", nullable=True),
     "method": FieldSpec("str", "how the two distributions are combined", choices=METHODS),
-    "objective": FieldSpec("str", "the calibration objective that chose mu", choices=OBJECTIVES),
+    "objective": FieldSpec(
+        "str", 'the calibration objective whose strength is applied ("off": none)', choices=APPLIED
+    ),
     "mu_bins": FieldSpec(
         "object",
         "strengths per bin of the adapted model's confidence, applied instead of mu (or null)",
@@ -76,7 +80,11 @@ SCHEMA: dict[str, FieldSpec] = {
         migrate=None,
         check=lambda v: _mu_bins_problem(v),
     ),
-    "calibration": FieldSpec("object", "the calibration statistics ({} when mu was set by hand)"),
+    "calibration": FieldSpec(
+        "object",
+        "the calibration statistics ({} when mu was set by hand)",
+        check=lambda v: _selection_problem(v.get("selection")),
+    ),
     "base_model": FieldSpec("str", "the base model's hub id or path", nullable=True),
     "adapted_model": FieldSpec(
         "str", "a fully fine-tuned checkpoint, when there is no adapter", nullable=True
@@ -138,6 +146,44 @@ def _mu_bins_problem(value: dict[str, Any]) -> str | None:
     )
     if not finite or edges != sorted(edges):
         return "edges and strengths must be finite numbers, the edges increasing"
+    return None
+
+
+SELECTION_KEYS = {
+    "criterion", "judge", "folds", "n_items", "candidates", "chosen", "nested_gain", "nested_se",
+    "nested_picks", "applied",
+}  # fmt: skip
+CANDIDATE_KEYS = {"mu", "cv_gain", "se", "score", "fold_mu"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _selection_problem(sel: Any) -> str | None:
+    """What is wrong with ``calibration.selection`` (svdecode.selection.choose_strength), if present."""
+    if sel is None:
+        return None
+    where = "has a malformed 'selection'"
+    if (
+        not isinstance(sel, dict)
+        or not set(sel) <= SELECTION_KEYS
+        or not isinstance(sel.get("candidates"), dict)
+    ):
+        return f"{where}: expected an object with 'candidates' and only {sorted(SELECTION_KEYS)}"
+    for name, c in sel["candidates"].items():
+        mu = c.get("mu") if isinstance(c, dict) else None
+        mu_ok = _is_number(mu) or (isinstance(mu, list) and all(_is_number(m) for m in mu))
+        if (
+            set(c) - CANDIDATE_KEYS
+            or not mu_ok
+            or not all(_is_number(c.get(k)) for k in ("cv_gain", "se", "score"))
+        ):
+            return f"{where}: candidate {name!r} needs a finite 'mu' (or per-bin list), 'cv_gain', 'se' and 'score'"
+    if sel.get("chosen") not in (*sel["candidates"], "off"):
+        return f"{where}: 'chosen' must name a candidate or be \"off\", got {sel.get('chosen')!r}"
+    if not all(_is_number(sel.get(k)) for k in ("nested_gain", "nested_se")):
+        return f"{where}: 'nested_gain' and 'nested_se' must be finite numbers"
     return None
 
 

@@ -446,12 +446,15 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         """Calibrate the strength on labelled pairs: ``(prompt, answer)`` tuples or objects with
         ``.prompt``/``.answer`` (and ``.id``, e.g. :class:`svdecode.data.Example`).
 
-        ``objective``: "nll" (exact minimiser of the steered NLL, default), "task" (best task metric
-        on ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the
-        old name of this argument). Every objective is computed and recorded; ``guard`` (k-fold
-        cross-validation, ``folds``) turns steering off when the chosen one does not beat mu = 0
-        on held-out data; ``bins`` > 1 also fits strengths per confidence bin, kept only if
-        cross-validation prefers them. Sets ``steering.mu`` (and ``steering.mu_bins``).
+        ``objective``: "auto" (default: every candidate cross-validated, the best by a noise-aware
+        score, :mod:`svdecode.selection`), or one forced: "choice" (most probability on the correct
+        ``choices``), "nll" (exact minimiser of the steered NLL), "task" (best task metric on
+        ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the
+        old name of this argument). Every objective is computed and recorded; ``guard`` (nested
+        k-fold cross-validation, ``folds``) turns steering off when the procedure does not beat
+        mu = 0 on held-out data; ``bins`` > 1 adds strengths per confidence bin as a candidate.
+        Sets ``steering.mu``, ``steering.objective`` (what was applied, or "off") and
+        ``steering.mu_bins``.
         """
         if estimator is not None:
             objective = estimator
@@ -479,7 +482,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             seed=seed,
         )
         self.steering.mu = result.mu
-        self.steering.objective = objective
+        self.steering.objective = result.objective
         self.steering.mu_bins = result.mu_bins
         self.steering.calibration = result.stats
         return result

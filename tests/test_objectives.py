@@ -13,7 +13,8 @@ from test_steered_model import make_peft
 
 from svdecode.calibration import collect_choice_stats
 from svdecode.config import CONFIG_NAME, SteeringConfig
-from svdecode.objectives import ChoiceItem, choice_accuracy, choose_strength, fold_of
+from svdecode.objectives import ChoiceItem, choice_accuracy
+from svdecode.selection import choose_strength, fold_of
 from svdecode.steered_model import SteeredModel
 from svdecode.steering import steer_logits
 from svdecode.strength import TokenStats, group_scores, minimise_nll, token_stats

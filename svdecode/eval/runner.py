@@ -38,7 +38,7 @@ from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
 from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
-from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.objectives import CHOOSABLE, DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
 
 log = logging.getLogger("svdecode")
 
@@ -152,8 +152,8 @@ def run_eval(
     _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot)
     check("alpha", alpha, UNIT_INTERVAL, optional=True)
     objective = estimator or objective
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective not in CHOOSABLE:
+        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(CHOOSABLE)}")
     check("folds", folds, POSITIVE_INT)
     check("bins", bins, NONNEGATIVE_INT)
     cal = {"objective": objective, "guard": guard, "folds": folds, "bins": bins}

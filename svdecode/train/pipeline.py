@@ -32,7 +32,7 @@ from svdecode.data import Example, Splits, make_splits
 from svdecode.errors import InputError
 from svdecode.fileio import short_hash
 from svdecode.models import load_tokenizer, portable_base_name
-from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric
+from svdecode.objectives import CHOOSABLE, DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric
 from svdecode.steered_model import SteeredModel
 from svdecode.train.adapters import load_adapter
 from svdecode.train.checkpoints import (
@@ -155,8 +155,8 @@ def run_pipeline(
     check("seed", seed, SEED)
     check("alpha", alpha, UNIT_INTERVAL)
     check("calib_batch_size", calib_batch_size, POSITIVE_INT)
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective not in CHOOSABLE:
+        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(CHOOSABLE)}")
     check("folds", folds, Rule("int", lo=2))
     check("bins", bins, NONNEGATIVE_INT)
     check_model_source(base)
