@@ -161,7 +161,7 @@ def _segment_logsumexp(x: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tens
 
 
 def minimise_choice(
-    choices: ChoiceStats, which: Sequence[int] | None, grid: Sequence[float], tol: float = 1e-3
+    choices: ChoiceStats, which: Sequence[int] | None, grid: Sequence[float], tol: float = 1e-2
 ) -> float:
     """The mu minimising the summed choice loss of the items ``which``: the best point of ``grid``
     (the loss is not convex in general, so a global look first), then golden-section search between

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +61,25 @@ def fold_of(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
     return {i: n % k for n, i in enumerate(uniq)}
 
 
-def summary(gains: np.ndarray) -> tuple[float, float, float]:
+def summary(gains: np.ndarray, penalty: float = SE_PENALTY) -> tuple[float, float, float]:
     """(mean, standard error, score) of per-item paired gains."""
     n = len(gains)
     if n == 0:
         return math.nan, math.inf, -math.inf
     mean = float(gains.mean())
     se = float(gains.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
-    return mean, se, mean - SE_PENALTY * se
+    return mean, se, mean - penalty * se
+
+
+def pick(gains: Mapping[str, np.ndarray], penalty: float = SE_PENALTY) -> str:
+    """The candidate whose per-item held-out gains have the best score, or "off" when no score
+    beats 0 (the score of not steering); ties go to the first."""
+    best, best_score = OFF, 0.0
+    for name, g in gains.items():
+        score = summary(g, penalty)[2]
+        if score > best_score:
+            best, best_score = name, score
+    return best
 
 
 class FoldFits:
@@ -151,14 +162,8 @@ class FoldFits:
         return g[~np.isin(self.item_fold, list(outer))]
 
     def select(self, names: Sequence[str], outer: frozenset[int] = frozenset()) -> str:
-        """The candidate with the best score inside the folds not in ``outer``, or "off" when no
-        score beats 0 (the score of not steering)."""
-        best, best_score = OFF, 0.0
-        for name in names:
-            score = summary(self.held_out(name, outer))[2]
-            if score > best_score:
-                best, best_score = name, score
-        return best
+        """:func:`pick` on cross-validation inside the folds not in ``outer``."""
+        return pick({name: self.held_out(name, outer) for name in names})
 
     def nested(self, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Per-item gains of the select-then-apply procedure: for each outer fold, the selection
