@@ -56,24 +56,28 @@ def test_mirrored_case_really_has_no_gain():
     assert abs(minimise_nll(stats).mu) < 1e-6
 
 
-@pytest.mark.parametrize("objective", ["nll", "mean", "pooled", "median"])
+@pytest.mark.parametrize("objective", ["auto", "nll", "mean", "pooled", "median"])
 def test_guard_turns_steering_off_when_held_out_data_shows_no_gain(objective):
     stats, ids = mirrored_stats()
-    out = choose_strength(stats, ids, objective=objective, folds=5, bins=0)
+    out = choose_strength(stats, ids, objective=objective, folds=5, bins=3)
     assert out.guard["enabled"] and out.guard["passed"] is False
-    assert out.mu == 0.0 and out.mu_bins is None
+    assert out.mu == 0.0 and out.mu_bins is None and out.objective == "off"
     assert "held-out gain" in out.guard["reason"]
     assert set(out.estimates) == {"nll", "mean", "median", "trimmed", "pooled"}  # all recorded
+    assert set(out.selection["candidates"]) == {*out.estimates, "binned"}
     unguarded = choose_strength(stats, ids, objective=objective, guard=False, bins=0)
-    assert unguarded.mu == unguarded.estimates[objective] and unguarded.guard["passed"] is None
+    forced = "nll" if objective == "auto" else objective
+    if objective != "auto":
+        assert unguarded.mu == unguarded.estimates[forced] and unguarded.guard["passed"] is None
 
 
 def test_guard_keeps_a_strength_that_helps_on_held_out_folds():
     stats, ids = helpful_stats()
     out = choose_strength(stats, ids, objective="nll", folds=5, bins=0)
-    assert out.guard["passed"] is True and out.mu == out.estimates["nll"] < 0
-    cv = out.cv["nll"]
-    assert len(cv["fold_gain"]) == 5 and min(cv["fold_gain"]) > 0 and cv["judge"] == "nll"
+    assert out.guard["passed"] is True and out.mu == out.estimates["nll"] < 0 and out.objective == "nll"
+    sel = out.selection
+    assert sel["judge"] == "nll" and sel["n_items"] == 60 and sel["chosen"] == "nll"
+    assert sel["nested_gain"] == sel["candidates"]["nll"]["cv_gain"] > sel["nested_se"] > 0
 
 
 def test_folds_are_seeded_balanced_and_by_item():
@@ -90,20 +94,21 @@ def test_too_few_items_to_cross_validate_turn_steering_off():
     assert out.guard["passed"] is False and out.mu == 0.0 and "too few" in out.guard["reason"]
 
 
-def test_task_objective_needs_choices():
+@pytest.mark.parametrize("objective", ["task", "choice"])
+def test_option_objectives_need_choices(objective):
     stats, ids = helpful_stats()
     with pytest.raises(ValueError, match="needs multiple-choice"):
-        choose_strength(stats, ids, objective="task")
+        choose_strength(stats, ids, objective=objective)
 
 
-def test_binned_strengths_are_fitted_recorded_and_only_applied_when_cv_prefers_them():
+def test_binned_strengths_are_fitted_recorded_and_applied_only_when_selected():
     stats, ids = helpful_stats(n=90)
     out = choose_strength(stats, ids, objective="nll", bins=3)
     assert out.bins is not None and len(out.bins["mu"]) == 3 and len(out.bins["edges"]) == 2
-    assert "cv" in out.bins and isinstance(out.bins["applied"], bool)
-    assert (out.mu_bins is not None) == out.bins["applied"]
-    off, _ = mirrored_stats()
-    assert choose_strength(off, _, objective="nll", bins=3).bins is None  # guard failed: no bins
+    assert out.bins["applied"] is False and out.mu_bins is None  # nll was forced
+    assert out.selection["candidates"]["binned"]["mu"] == out.bins["mu"]
+    auto = choose_strength(stats, ids, bins=3)
+    assert auto.bins["applied"] == (auto.objective == "binned") == (auto.mu_bins is not None)
 
 
 # -- through the model ---------------------------------------------------------------------------
@@ -131,21 +136,26 @@ def test_mc_scores_from_statistics_equal_direct_steered_scoring(tokenizer, mu):
     assert cs.item_values(mu) == want
 
 
-def test_calibrate_records_every_objective_the_guard_and_the_artifact(tokenizer, tmp_path):
+def test_calibrate_records_every_objective_the_selection_and_the_artifact(tokenizer, tmp_path):
     model = SteeredModel.from_peft(make_peft("lora", len(tokenizer)), tokenizer)
     pairs = [(c.prompt, c.options[c.labels.index(1)]) for c in CHOICES] * 2
     result = model.calibrate(pairs, choices=CHOICES, folds=3, progress=False)
     st = result.stats
-    assert set(st["estimates"]) == {"nll", "task", "mean", "median", "trimmed", "pooled"}
+    assert set(st["estimates"]) == {"choice", "nll", "task", "mean", "median", "trimmed", "pooled"}
     assert st["guard"]["enabled"] and st["n_choice_items"] == 3
-    assert model.steering.objective == "nll" and model.steering.mu == result.mu
+    sel = st["selection"]
+    assert set(sel["candidates"]) == {*st["estimates"], "binned"} and sel["judge"] == "task"
+    assert model.steering.objective == result.objective and model.steering.mu == result.mu
     if st["guard"]["passed"] is False:
-        assert result.mu == 0.0
+        assert result.mu == 0.0 and result.objective == "off"
     else:
-        assert result.mu == st["estimates"]["nll"]
+        assert result.objective == sel["chosen"]
     saved = json.loads(model.save_pretrained(tmp_path / "s").read_text())
-    assert saved["objective"] == "nll" and "estimator" not in saved
-    assert saved["calibration"]["guard"] == st["guard"]
+    assert saved["objective"] == result.objective and "estimator" not in saved
+    assert saved["calibration"]["guard"] == st["guard"] and saved["format_version"] == 4
+    assert SteeringConfig.load(tmp_path / "s").calibration["selection"]["chosen"] == sel["chosen"]
+    forced = model.calibrate(pairs, choices=CHOICES, folds=3, progress=False, objective="choice")
+    assert forced.stats["selection"]["chosen"] == "choice" and forced.objective in ("choice", "off")
 
 
 def test_old_artifacts_with_an_estimator_load_as_their_objective():
