@@ -41,7 +41,10 @@ def test_choice_objective_equals_direct_steered_scoring(tokenizer, mu):
     model.steering.mu = mu
     want = []
     for item in items:
-        direct = [float(s.double().sum()) for s in model.score([item.prompt] * len(item.options), list(item.options))]
+        direct = [
+            float(s.double().sum())
+            for s in model.score([item.prompt] * len(item.options), list(item.options))
+        ]
         want.append(direct_choice_loss(item, direct))
     assert cs.choice_losses(mu).tolist() == pytest.approx(want, abs=1e-4)
     assert all(0 < w < math.inf for w in want)  # finite, and not the trivial 0
@@ -130,7 +133,9 @@ def test_selection_record_is_checked_and_old_artifacts_without_it_load():
     stats, ids = helpful_stats()
     out = choose_strength(stats, ids, bins=3)
     cfg = SteeringConfig(mu=out.mu, objective=out.objective, calibration={"selection": out.selection})
-    assert SteeringConfig.from_json(cfg.to_json()).calibration["selection"]["chosen"] == out.selection["chosen"]
+    assert (
+        SteeringConfig.from_json(cfg.to_json()).calibration["selection"]["chosen"] == out.selection["chosen"]
+    )
     v3 = {**SteeringConfig(calibration={"guard": {}}).to_json(), "format_version": 3}
     assert SteeringConfig.from_json(v3).calibration == {"guard": {}}
     bad = {**out.selection, "chosen": "oracle"}
