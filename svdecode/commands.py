@@ -164,9 +164,10 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
     ]
     sel = st.get("selection")
     if sel:
-        unit = "points" if sel["judge"] == "task" else "nats/token"
+        unit = "on the task metric" if sel["judge"] == "task" else "in log-likelihood per answer token"
         lines.append(
-            f"candidates (held-out gain over mu = 0 in {unit} on {sel['n_items']} items, {sel['folds']} folds; {sel['criterion']}):"
+            f"candidates (held-out gain over mu = 0 {unit}, {sel['n_items']} items, {sel['folds']} folds; "
+            f"score = {sel['criterion']}):"
         )
         for name, c in sel["candidates"].items():
             mu = c["mu"] if isinstance(c["mu"], list) else [c["mu"]]
@@ -184,7 +185,7 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
         lines.append(f"guard passed: {guard.get('reason')}")
     bins = st.get("bins")
     if bins:
-        kept = "applied" if bins.get("applied") else "not applied (cross-validation does not prefer them)"
+        kept = "applied" if bins.get("applied") else "not applied (not the chosen candidate)"
         lines.append(f"confidence-binned strengths [{', '.join(f'{m:.3g}' for m in bins['mu'])}]: {kept}")
     return "\n".join(lines)
 

@@ -73,8 +73,8 @@ def summary(gains: np.ndarray, penalty: float = SE_PENALTY) -> tuple[float, floa
 
 def pick(gains: Mapping[str, np.ndarray], penalty: float = SE_PENALTY) -> str:
     """The candidate whose per-item held-out gains have the best score, or "off" when no score
-    beats 0 (the score of not steering); ties go to the first."""
-    best, best_score = OFF, 0.0
+    beats 0 (the score of not steering) by more than rounding; ties go to the first."""
+    best, best_score = OFF, 1e-12
     for name, g in gains.items():
         score = summary(g, penalty)[2]
         if score > best_score:
