@@ -3,8 +3,9 @@
 # Two independent lanes run side by side, one CPU thread each (on a 2-core machine this beats two
 # threads per job one after the other). A rerun continues where it stopped: `run --resume` continues
 # an interrupted warm-start, a stage asked the same is reused, and evaluations resume from their
-# per-item caches. Calibration everywhere: the default objective (nll) with the 5-fold guard and
-# 3 confidence bins (svdecode.objectives); every evaluation records every objective's strength and
+# per-item caches. Calibration everywhere: the default (auto: every candidate objective and the
+# 3-bin confidence fit cross-validated, the best chosen, applied only if nested 5-fold CV finds a
+# gain; svdecode.selection; docs/results.md §2 ran the old default, nll); every evaluation records every objective's strength and
 # the strength curve (test = ORACLE) from one extra scoring pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -297,7 +297,7 @@ def build_methods(
     (beta calibrated the same way with the logit-difference direction), "no_projection"
     (prob_space, eq. 9, own strength), "no_mask" (alpha = 0, recalibrated), "alpha=<a>"
     (recalibrated per alpha), "lam=<-inf|float|keep>" (svdecode mu with that lam for generation
-    AND scoring), "objective=<nll|task|mean|median|trimmed|pooled>" (that objective's own fit from
+    AND scoring), "objective=<choice|nll|task|mean|median|trimmed|pooled>" (that objective's own fit from
     the same calibration, unguarded; "estimator=<...>" is the old name), "decoding=<greedy|beam4|top_p0.9|top_k50>" (adds "peft[d]" and
     "peft+svdecode[d]"), and the groups of :data:`GROUPS`. "tad" is refused (see
     :data:`NOT_IMPLEMENTED`). Calibrated specs apply the calibration's decision for ``objective``
