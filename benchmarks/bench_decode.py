@@ -85,7 +85,7 @@ def build_peft_model(model_name: str, seed: int, dtype: str = "float32", device:
     """The base model with a seeded, non-trivial LoRA adapter (r=8, alpha=16, q_proj/v_proj)."""
     from peft import LoraConfig, get_peft_model
 
-    from svdecode.models import load_base
+    from svdecode.model.loading import load_base
 
     base, tok = load_base(model_name, dtype=dtype, device=device)
     torch.manual_seed(seed)
@@ -118,9 +118,9 @@ def synchronize(device: torch.device) -> None:
 
 def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     """The three ways to decode, each a ``generate``-like callable."""
-    from svdecode.kv_cache import new_cache
-    from svdecode.steered_model import SteeredModel
-    from svdecode.streams import cache_kwargs
+    from svdecode.model.kv_cache import new_cache
+    from svdecode.model.steered_model import SteeredModel
+    from svdecode.model.streams import cache_kwargs
 
     steered = SteeredModel.from_peft(peft_model, tok, mu=MU, alpha=ALPHA)
     two_pass = SteeredModel.from_peft(peft_model, tok, mixed_batch=False, mu=MU, alpha=ALPHA)
@@ -129,7 +129,7 @@ def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     base = peft_model.get_base_model()
 
     def plain_growing(**kwargs: Any) -> torch.Tensor:
-        # plain decoding with the KV-cache layout the steered streams use (svdecode.streams.GrowingLayer),
+        # plain decoding with the KV-cache layout the steered streams use (svdecode.model.streams.GrowingLayer),
         # to separate the cost of steering from the cheaper cache
         return peft_model.generate(**kwargs, **cache_kwargs(new_cache(base)))
 

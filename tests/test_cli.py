@@ -8,7 +8,7 @@ import pytest
 from conftest import make_model
 
 from svdecode.cli import main
-from svdecode.config import CONFIG_NAME
+from svdecode.model.config import CONFIG_NAME
 
 
 @pytest.fixture(scope="module")

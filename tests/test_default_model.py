@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from svdecode.data import load_commonsense, sample
-from svdecode.models import load_base
-from svdecode.steered_model import SteeredModel
+from svdecode.model.loading import load_base
+from svdecode.model.steered_model import SteeredModel
 
 # rerun by CI on the other end of the supported transformers range
 pytestmark = pytest.mark.compat
@@ -71,7 +71,7 @@ def test_a_warm_started_default_adapter_loads_with_plain_peft(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from svdecode.data import Example
-    from svdecode.models import DEFAULT_HUB_ID, default_model_path
+    from svdecode.model.loading import DEFAULT_HUB_ID, default_model_path
     from svdecode.train import WarmstartConfig, warmstart
 
     exs = [Example(f"t/{i}", "t", f"Q: is {i} even?\nA:", " yes" if i % 2 == 0 else " no") for i in range(4)]

@@ -10,11 +10,11 @@ import torch
 from conftest import make_model
 from test_steered_model import PROMPTS, encode, make_peft, slow_greedy
 
-import svdecode.streams as streams_mod
+import svdecode.model.streams as streams_mod
 from svdecode.cli import main
-from svdecode.models import load_base, resolve_device, resolve_dtype
-from svdecode.steered_model import SteeredModel
-from svdecode.streams import UnsupportedTransformersError, self_check
+from svdecode.model.loading import load_base, resolve_device, resolve_dtype
+from svdecode.model.steered_model import SteeredModel
+from svdecode.model.streams import UnsupportedTransformersError, self_check
 
 pytestmark = pytest.mark.compat
 
@@ -132,7 +132,7 @@ def test_bad_dtype_is_named(value, message):
 
 
 def test_dtype_aliases():
-    from svdecode.models import DTYPE_NAMES
+    from svdecode.model.loading import DTYPE_NAMES
 
     assert all(resolve_dtype(name) is not None for name in DTYPE_NAMES)
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("torch.float16") is torch.float16

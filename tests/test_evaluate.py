@@ -16,10 +16,10 @@ from peft import LoraConfig, get_peft_model
 
 from svdecode import eval as ev
 from svdecode import fileio
-from svdecode.calibration import calibrate_streams
+from svdecode.calibration.calibrate import calibrate_streams
 from svdecode.data import Example, MCItem
 from svdecode.eval import generation, labels, metrics
-from svdecode.steered_model import SteeredModel
+from svdecode.model.steered_model import SteeredModel
 
 
 @pytest.fixture(scope="module", autouse=True)

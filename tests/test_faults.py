@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 from conftest import make_model, make_tokenizer
 
-from svdecode import rundir
 from svdecode.cli import main
-from svdecode.config import CONFIG_NAME
-from svdecode.interrupts import Terminated
+from svdecode.cli.interrupts import Terminated
+from svdecode.model.config import CONFIG_NAME
+from svdecode.runs import rundir
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v0"
 ROWS = [{"prompt": f"Q: is {i} even?\nA:", "answer": " yes" if i % 2 == 0 else " no"} for i in range(14)]
@@ -545,14 +545,14 @@ CASES: list[Case] = [
          "resume with: svdecode run", inject=_raise_at("transformers:Trainer.training_step", 1, exc=Terminated),
          after=_resume),
     case("interrupts", "Ctrl-C in calibration (run)", lambda c: run_args(c, c.new), 130, "the finished warm-start",
-         "resume with: svdecode run", inject=_raise_at("svdecode.steered_model:calibrate_streams"), after=_resume),
+         "resume with: svdecode run", inject=_raise_at("svdecode.model.steered_model:calibrate_streams"), after=_resume),
     *[case("interrupts", f"Ctrl-C in evaluation after {n} item(s)", lambda c: eval_args(c.run, c.eval), 130,
            "evaluated item(s)", "resume with: svdecode eval", setup=_fresh_eval,
            inject=_raise_at("svdecode.eval.cache:ItemCache.add", n), after=_resume_eval_matches) for n in _ITEMS],
     case("interrupts", "Ctrl-C in calibrate --out", lambda c: cal(c, "--out", str(c.new), src=("--adapter", "A")),
-         130, "unchanged", inject=_raise_at("svdecode.steered_model:calibrate_streams"), after=_resume),
+         130, "unchanged", inject=_raise_at("svdecode.model.steered_model:calibrate_streams"), after=_resume),
     case("interrupts", "Ctrl-C in generate", gen, 130, "interrupted", "nothing",
-         inject=_raise_at("svdecode.steered_model:SteeredModel.generate_text"),
+         inject=_raise_at("svdecode.model.steered_model:SteeredModel.generate_text"),
          after=lambda c, out, err: "resume with" not in err or pytest.fail(err)),
     # -- prompts against the model's context
     case("inputs", "a prompt longer than the context", lambda c: prompt_file(c, "long.txt", LONG), 2, "prompt 1",

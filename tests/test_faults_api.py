@@ -15,13 +15,14 @@ import torch
 from conftest import make_model, make_tokenizer
 from test_faults import ROWS, snapshot
 
-from svdecode import checks, rundir
-from svdecode.config import ConfigError, SteeringConfig
+from svdecode import checks
 from svdecode.data import DataError, Example, sample
 from svdecode.errors import InputError, SvdecodeError
-from svdecode.fingerprint import BaseMismatchError
-from svdecode.models import load_base, load_peft
-from svdecode.steered_model import SteeredModel
+from svdecode.model.config import ConfigError, SteeringConfig
+from svdecode.model.fingerprint import BaseMismatchError
+from svdecode.model.loading import load_base, load_peft
+from svdecode.model.steered_model import SteeredModel
+from svdecode.runs import rundir
 from svdecode.train import WarmstartConfig, WarmstartError, warmstart
 from svdecode.train.pipeline import run_pipeline
 
@@ -136,7 +137,7 @@ def _pipeline(w: dict, out: Path | None = None, **kw: Any):
 
 
 def _demo(**kw: Any) -> None:
-    from svdecode.demo import DemoConfig
+    from svdecode.cli.demo import DemoConfig
 
     DemoConfig(**kw).validate()
 

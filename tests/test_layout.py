@@ -14,7 +14,7 @@ from conftest import make_model
 from svdecode import eval as ev
 from svdecode.data import load_truthfulqa_mc
 from svdecode.eval.report import render_report
-from svdecode.steered_model import SteeredModel
+from svdecode.model.steered_model import SteeredModel
 from svdecode.train import load_adapter
 
 ROOT = Path(__file__).resolve().parents[1]

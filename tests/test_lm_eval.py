@@ -29,10 +29,10 @@ from transformers import AutoModelForCausalLM
 
 import svdecode.integrations.lm_eval as le
 from svdecode.cli import main as cli_main
-from svdecode.config import SteeringConfig
 from svdecode.integrations.lm_eval_tasks import loaders
-from svdecode.models import ModelLoadError
-from svdecode.steered_model import SteeredModel
+from svdecode.model.config import SteeringConfig
+from svdecode.model.loading import ModelLoadError
+from svdecode.model.steered_model import SteeredModel
 
 MU = 10.0  # the saved (calibrated) strength of the fixture adapter; large enough to change greedy text
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -623,7 +623,7 @@ def test_default_model_cross_checks(tmp_path, monkeypatch):
     from svdecode.data import load_truthfulqa_mc
     from svdecode.eval.methods import MethodSpec
     from svdecode.eval.truthfulqa_mc import evaluate_mc
-    from svdecode.models import load_base
+    from svdecode.model.loading import load_base
 
     if not SHARED.is_dir():
         pytest.skip("the shared data folder is not beside the repository")

@@ -1,4 +1,4 @@
-"""Objectives, cross-validation and the guard (svdecode.objectives), and their use through
+"""Objectives, cross-validation and the guard (svdecode.calibration.objectives), and their use through
 SteeredModel.calibrate: MC scores from the statistics equal direct steered scoring, the guard
 turns steering off on a case built to have no gain, binned strengths reach decoding."""
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 from test_steered_model import make_peft
 
-from svdecode.calibration import collect_choice_stats
-from svdecode.config import CONFIG_NAME, SteeringConfig
-from svdecode.objectives import ChoiceItem, choice_accuracy, choose_strength, fold_of
-from svdecode.steered_model import SteeredModel
+from svdecode.calibration.calibrate import collect_choice_stats
+from svdecode.calibration.objectives import ChoiceItem, choice_accuracy, choose_strength, fold_of
+from svdecode.calibration.strength import TokenStats, group_scores, minimise_nll, token_stats
+from svdecode.model.config import CONFIG_NAME, SteeringConfig
+from svdecode.model.steered_model import SteeredModel
 from svdecode.steering import steer_logits
-from svdecode.strength import TokenStats, group_scores, minimise_nll, token_stats
 
 
 def mirrored_stats(n=30, vocab=20, seed=0) -> tuple[TokenStats, list[str]]:
@@ -202,7 +202,7 @@ def test_artifact_round_trips_binned_strengths(tokenizer, tmp_path):
 
 def test_a_given_mu_or_alpha_replaces_calibrated_binned_strengths(tokenizer, tmp_path):
     from svdecode.cli import build_parser
-    from svdecode.commands import load_model
+    from svdecode.cli.commands import load_model
 
     _, saved = _saved_with_bins(tokenizer, tmp_path)
     bins = BINS

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 from svdecode import steering
 from svdecode.integrations.server.app import ServerSettings, create_app
 from svdecode.integrations.server.engine import RowSteering, RowTracker, _held_back, combine_rows, load_model
-from svdecode.steered_model import SteeredModel
+from svdecode.model.steered_model import SteeredModel
 
 MU = -4.0  # the saved (calibrated) mu of the test model
 CHAT_TEMPLATE = (

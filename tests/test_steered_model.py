@@ -19,11 +19,11 @@ from peft import (
 from transformers.cache_utils import DynamicLayer
 
 from svdecode import steer_logits
-from svdecode.config import CONFIG_NAME, ConfigError, SteeringConfig
-from svdecode.kv_cache import GrowingLayer
-from svdecode.models import ModelLoadError
-from svdecode.steered_model import SteeredModel
-from svdecode.streams import (
+from svdecode.model.config import CONFIG_NAME, ConfigError, SteeringConfig
+from svdecode.model.kv_cache import GrowingLayer
+from svdecode.model.loading import ModelLoadError
+from svdecode.model.steered_model import SteeredModel
+from svdecode.model.streams import (
     MixedBatchLoRAStreams,
     ToggleAdapterStreams,
     make_streams,
@@ -383,7 +383,7 @@ def test_two_models_and_vocabulary_mismatch(tokenizer):
 
 
 def test_not_a_peft_model_and_missing_adapter_dir(tokenizer, tmp_path):
-    from svdecode.models import load_peft
+    from svdecode.model.loading import load_peft
 
     with pytest.raises(ModelLoadError, match="not a PeftModel"):
         SteeredModel.from_peft(make_model(len(tokenizer)), tokenizer)

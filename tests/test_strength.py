@@ -1,4 +1,4 @@
-"""svdecode.strength: the sufficient statistics against full-vocabulary steered logits, L' and L''
+"""svdecode.calibration.strength: the sufficient statistics against full-vocabulary steered logits, L' and L''
 against autograd, the exact minimiser against a brute-force grid, and the 1-D search."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from svdecode.steering import aggregate_mu, logit_arithmetic, steer_logits, token_mu
-from svdecode.strength import (
+from svdecode.calibration.strength import (
     TokenStats,
     binned_mu,
     fit_binned,
@@ -23,6 +22,7 @@ from svdecode.strength import (
     token_logprob,
     token_stats,
 )
+from svdecode.steering import aggregate_mu, logit_arithmetic, steer_logits, token_mu
 
 STEER = {"svdecode": steer_logits, "logit_arithmetic": logit_arithmetic}
 

@@ -13,7 +13,7 @@ from conftest import make_model
 from transformers import TrainerCallback
 
 from svdecode.data import Example
-from svdecode.steered_model import SteeredModel
+from svdecode.model.steered_model import SteeredModel
 from svdecode.train import (
     INFO_NAME,
     LOG_NAME,
@@ -540,7 +540,7 @@ def test_plain_peft_loads_the_adapter_from_its_recorded_base(tokenizer, tmp_path
 
 
 def test_the_default_model_is_recorded_by_its_hub_id(tokenizer, tmp_path, monkeypatch):
-    from svdecode import models
+    from svdecode.model import loading as models
 
     out = tmp_path / "o"
     warmstart(examples(), out, fast(max_steps=1), model=make_model(len(tokenizer)), tokenizer=tokenizer,

@@ -34,7 +34,7 @@ def load_adapter(
     """Reload a warm-started adapter onto its base model, in eval mode.
 
     ``base_model``: a loaded model (wrapped in place by peft), a name/path for
-    :func:`svdecode.models.load_base`, or None for the base recorded with the adapter. The base
+    :func:`svdecode.model.loading.load_base`, or None for the base recorded with the adapter. The base
     must match the one trained on: same vocabulary size and architecture, same embedding weights
     (from ``warmstart.json``; ``strict=False`` relaxes the weights and name checks, never the
     vocabulary). Plain PEFT adapter folders (no ``warmstart.json``) are accepted with the name and
@@ -43,7 +43,7 @@ def load_adapter(
     import torch
     from peft import PeftModel
 
-    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
+    from svdecode.model.loading import vocab_size  # lazy: keeps the CLI parser light
 
     out = Path(out_dir)
     if not out.is_dir():
@@ -51,7 +51,7 @@ def load_adapter(
         raise WarmstartError(f"adapter directory {str(out)!r} does not exist{hint}")
     if not (out / "adapter_config.json").is_file():
         raise WarmstartError(f"{str(out)!r} holds no adapter_config.json; is it a warm-start output?")
-    from svdecode.models import ModelLoadError, read_adapter_config
+    from svdecode.model.loading import ModelLoadError, read_adapter_config
 
     try:
         adapter_cfg = read_adapter_config(out)
@@ -64,7 +64,7 @@ def load_adapter(
     dtype = dtype or torch.float32
 
     if base_model is None or isinstance(base_model, str):
-        from svdecode.models import load_base
+        from svdecode.model.loading import load_base
 
         name = base_model or recorded or "default"
         if isinstance(base_model, str) and not same_model_name(base_model, recorded) and strict and not info:

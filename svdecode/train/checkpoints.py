@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdecode import rundir
 from svdecode.fileio import write_text_atomic
+from svdecode.runs import rundir
 from svdecode.train.config import (
     AdapterMismatchError,
     WarmstartError,

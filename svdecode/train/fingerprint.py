@@ -1,12 +1,12 @@
 """Which base model an adapter belongs to: architecture numbers plus a probe of the embedding
-weights (:mod:`svdecode.fingerprint`, shared with the core's loader), and base-model names."""
+weights (:mod:`svdecode.model.fingerprint`, shared with the core's loader), and base-model names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdecode.fingerprint import compare_fingerprints as _compare
+from svdecode.model.fingerprint import compare_fingerprints as _compare
 from svdecode.train.config import AdapterMismatchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +28,7 @@ def same_model_name(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return True
     try:
-        from svdecode.models import DEFAULT_ALIASES
+        from svdecode.model.loading import DEFAULT_ALIASES
     except ImportError:  # pragma: no cover
         DEFAULT_ALIASES = {"default"}
     if a in DEFAULT_ALIASES and b in DEFAULT_ALIASES:

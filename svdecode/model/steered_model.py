@@ -2,7 +2,7 @@
 
 Because it is a ``PreTrainedModel`` with ``GenerationMixin``, ``generate()`` works unchanged:
 greedy, sampling (temperature, top-k, top-p), beam search, stop strings, batched prompts with
-padding. It keeps its own :class:`~svdecode.kv_cache.StreamCache` (both streams' KV caches),
+padding. It keeps its own :class:`~svdecode.model.kv_cache.StreamCache` (both streams' KV caches),
 which ``generate()`` reorders during beam search through ``reorder_cache``.
 """
 
@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from svdecode import rundir, steering
-from svdecode.calibration import CalibrationResult, calibrate_streams
+from svdecode import steering
+from svdecode.calibration.calibrate import CalibrationResult, calibrate_streams
+from svdecode.calibration.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.calibration.strength import binned_strength
 from svdecode.checks import (
     POSITIVE_INT,
     Rule,
@@ -34,13 +36,12 @@ from svdecode.checks import (
     encode_prompts,
     existing_dir,
 )
-from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.errors import InputError
-from svdecode.kv_cache import StreamCache
-from svdecode.models import load_base, load_peft, load_tokenizer, same_adapter_weights
-from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
-from svdecode.scoring import batches, encode_pairs, split_pairs
-from svdecode.streams import (
+from svdecode.model.config import CONFIG_NAME, SteeringConfig
+from svdecode.model.kv_cache import StreamCache
+from svdecode.model.loading import load_base, load_peft, load_tokenizer, same_adapter_weights
+from svdecode.model.scoring import batches, encode_pairs, split_pairs
+from svdecode.model.streams import (
     LogitStreams,
     TwoModelStreams,
     adapter_type,
@@ -50,7 +51,7 @@ from svdecode.streams import (
     take_cache,
     warn_if_untested,
 )
-from svdecode.strength import binned_strength
+from svdecode.runs import rundir
 
 log = logging.getLogger("svdecode")
 
@@ -204,7 +205,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     ) -> Path:
         """Write adapter, tokenizer and ``steering_config.json`` (last, so a directory is only
         loadable once everything is in place) and record the calibration stage in its run
-        manifest (:mod:`svdecode.rundir`), under the directory's lock.
+        manifest (:mod:`svdecode.runs.rundir`), under the directory's lock.
 
         A directory that holds the adapter this model was loaded from gets only the new steering
         settings. One that holds another run (another adapter, an evaluation) or was written by an

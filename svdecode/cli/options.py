@@ -63,7 +63,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_placement_args(src)
 
 
-# The weights' dtypes the CLI offers (svdecode.models.resolve_dtype also takes their aliases).
+# The weights' dtypes the CLI offers (svdecode.model.loading.resolve_dtype also takes their aliases).
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -172,8 +172,8 @@ def read_prompt_file(path: str | None) -> list[str]:
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """How the strength is calibrated (svdecode.objectives): objective, guard, folds, bins."""
-    from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+    """How the strength is calibrated (svdecode.calibration.objectives): objective, guard, folds, bins."""
+    from svdecode.calibration.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
     c = p.add_argument_group("calibration of the strength")
     c.add_argument(

@@ -1,5 +1,5 @@
 """Calibrating the steering strength on labelled data: one pass over the calibration set collects
-the per-token sufficient statistics (:mod:`svdecode.strength`), then :mod:`svdecode.objectives`
+the per-token sufficient statistics (:mod:`svdecode.calibration.strength`), then :mod:`svdecode.calibration.objectives`
 fits every objective, cross-validates them and decides what to apply.
 
 Only answer tokens count (never prompt tokens). With ``choices`` (multiple-choice items, e.g. the
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from svdecode.objectives import (
+from svdecode.calibration.objectives import (
     DEFAULT_OBJECTIVE,
     OBJECTIVES,
     ChoiceItem,
@@ -30,9 +30,9 @@ from svdecode.objectives import (
     choice_accuracy,
     choose_strength,
 )
-from svdecode.scoring import batches, encode_pairs
+from svdecode.calibration.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
+from svdecode.model.scoring import batches, encode_pairs
 from svdecode.steering import ESTIMATORS, aggregate_mu, token_mu
-from svdecode.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # Which direction a method's strength multiplies, so every method is calibrated the same way.
@@ -140,7 +140,7 @@ def calibrate_streams(
     cap: int = DEFAULT_CAP,
 ) -> CalibrationResult:
     """Collect the statistics of every answer token (and of every choice option) and decide the
-    strength (:func:`svdecode.objectives.choose_strength`). ``ids`` name each pair's item (folds
+    strength (:func:`svdecode.calibration.objectives.choose_strength`). ``ids`` name each pair's item (folds
     keep an item's pair and its choices together; default: the pair's position)."""
     if method not in METHOD_DIRECTION:
         raise ValueError(

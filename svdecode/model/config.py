@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svdecode.calibration.objectives import OBJECTIVES
 from svdecode.checks import UNIT_INTERVAL, Rule
 from svdecode.errors import SvdecodeError
 from svdecode.fileio import write_json_atomic
-from svdecode.objectives import OBJECTIVES
 
 CONFIG_NAME = "steering_config.json"
 # 2: the schema below; lam is a number, "-inf" or null (1 wrote finite values as strings too).
-# 3: "objective" (was "estimator": every objective of svdecode.objectives) and "mu_bins".
+# 3: "objective" (was "estimator": every objective of svdecode.calibration.objectives) and "mu_bins".
 FORMAT_VERSION = 3
 SUPPORTED_VERSIONS = (1, 2, 3)
 
@@ -175,7 +175,7 @@ class SteeringConfig:
     alpha: float = 0.1
     lam: float | None = float("-inf")
     method: str = "svdecode"
-    objective: str = "nll"  # what chose mu (svdecode.objectives.OBJECTIVES; "estimator" before format 3)
+    objective: str = "nll"  # what chose mu (calibration.objectives.OBJECTIVES; "estimator" before format 3)
     # strengths that follow the adapted model's confidence, when calibration kept them
     mu_bins: dict[str, Any] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)

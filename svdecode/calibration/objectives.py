@@ -1,7 +1,7 @@
 """Choosing the steering strength from calibration statistics: the objectives, cross-validation and
 the guard that turns steering off when it does not pay.
 
-Objectives (all computed every time from the same :class:`~svdecode.strength.TokenStats`; one
+Objectives (all computed every time from the same :class:`~svdecode.calibration.strength.TokenStats`; one
 is applied):
 
 * ``nll``     -- the exact minimiser of the calibration loss L(mu) (:func:`strength.minimise_nll`);
@@ -33,8 +33,7 @@ from typing import Any
 
 import torch
 
-from svdecode.steering import ESTIMATORS
-from svdecode.strength import (
+from svdecode.calibration.strength import (
     TokenStats,
     binned_mu,
     fit_binned,
@@ -45,6 +44,7 @@ from svdecode.strength import (
     search_grid,
     token_logprob,
 )
+from svdecode.steering import ESTIMATORS
 
 OBJECTIVES = ("nll", "task", *ESTIMATORS)
 DEFAULT_OBJECTIVE = "nll"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # transformers is imported where a model is loaded: the CLI p
 
 from svdecode.checks import check_model_source, looks_local
 from svdecode.errors import ModelLoadError
-from svdecode.fingerprint import compare_fingerprints, recorded_fingerprint, vocab_size
+from svdecode.model.fingerprint import compare_fingerprints, recorded_fingerprint, vocab_size
 
 log = logging.getLogger("svdecode")
 

@@ -79,7 +79,7 @@ def compare_fingerprints(
 def recorded_fingerprint(adapter_dir: str | Path) -> dict[str, Any] | None:
     """The base fingerprint the warm-start recorded beside the adapter: in the run manifest, or in
     ``warmstart.json`` of folders written before manifests; None for a plain peft folder."""
-    from svdecode.rundir import stage_entry
+    from svdecode.runs.rundir import stage_entry
 
     entry = stage_entry(adapter_dir, "warmstart")
     if entry is not None and isinstance(entry.get("base_fingerprint"), dict):

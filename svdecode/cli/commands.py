@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from svdecode import checks
-from svdecode.cli_options import (
+from svdecode.cli.options import (
     KEEP,
     check_model_sources,
     read_prompt_file,
@@ -24,9 +24,9 @@ log = logging.getLogger("svdecode")
 
 def load_model(ns: argparse.Namespace):
     """A SteeredModel from --steered, or from --adapter (+ --base), with steering overrides."""
-    from svdecode import rundir
-    from svdecode.models import load_peft, load_tokenizer
-    from svdecode.steered_model import SteeredModel
+    from svdecode.model.loading import load_peft, load_tokenizer
+    from svdecode.model.steered_model import SteeredModel
+    from svdecode.runs import rundir
 
     check_model_sources(ns)
     mixed = False if ns.two_pass else None
@@ -89,9 +89,9 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
-    from svdecode import rundir
-    from svdecode.config import SteeringConfig
     from svdecode.data import load_task, sample
+    from svdecode.model.config import SteeringConfig
+    from svdecode.runs import rundir
 
     check_model_sources(ns)
     examples = sample(
@@ -122,8 +122,8 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
 def _calibration_request(ns: argparse.Namespace, examples, options: dict[str, Any]) -> dict[str, Any]:
     """What ``svdecode calibrate`` is asked: the adapter (by content), base, data, calibration
     settings and the steering overrides."""
-    from svdecode import rundir
     from svdecode.fileio import short_hash
+    from svdecode.runs import rundir
     from svdecode.train.pipeline import calibration_settings
 
     source = ns.steered or ns.adapter
@@ -240,10 +240,10 @@ def _n_train(ns: argparse.Namespace) -> int | None:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from svdecode import rundir
     from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
     from svdecode.eval import OpenAIJudge, run_eval
     from svdecode.eval.runner import check_eval_dir, check_method_names
+    from svdecode.runs import rundir
 
     check_model_sources(ns)
     method_names = ns.methods.split(",")
@@ -319,7 +319,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from svdecode.demo import DemoConfig, run_demo
+    from svdecode.cli.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out_dir=ns.out, base=ns.base, n_train=ns.n_train, n_test=ns.n_test, seed=ns.seed)
     run_demo(cfg, overwrite=ns.overwrite)

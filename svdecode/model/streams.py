@@ -27,8 +27,8 @@ import transformers
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from svdecode.kv_cache import StreamCache, new_cache
-from svdecode.models import ModelLoadError, check_same_vocabulary
+from svdecode.model.kv_cache import StreamCache, new_cache
+from svdecode.model.loading import ModelLoadError, check_same_vocabulary
 
 log = logging.getLogger("svdecode")
 

@@ -1,7 +1,7 @@
 """The ``svdecode`` command line: generate, calibrate, warmstart, run, eval, report, demo, serve,
 lm-eval. This module parses and dispatches (and turns errors and interrupts into one line); what
-each subcommand does is in :mod:`svdecode.commands`, the shared option groups in
-:mod:`svdecode.cli_options`."""
+each subcommand does is in :mod:`svdecode.cli.commands`, the shared option groups in
+:mod:`svdecode.cli.options`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ import sys
 from collections.abc import Sequence
 
 from svdecode import checks
-from svdecode.cli_options import (
+from svdecode.cli.commands import (
+    cmd_calibrate,
+    cmd_demo,
+    cmd_eval,
+    cmd_generate,
+    cmd_lm_eval,
+    cmd_report,
+    cmd_run,
+    cmd_warmstart,
+    load_model,
+)
+from svdecode.cli.options import (
     DTYPE_NAMES,
     NONNEG_INT,
     POS_INT,
@@ -23,17 +34,6 @@ from svdecode.cli_options import (
     add_split_args,
     add_steering_args,
     number_type,
-)
-from svdecode.commands import (
-    cmd_calibrate,
-    cmd_demo,
-    cmd_eval,
-    cmd_generate,
-    cmd_lm_eval,
-    cmd_report,
-    cmd_run,
-    cmd_warmstart,
-    load_model,
 )
 from svdecode.errors import SvdecodeError
 
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status: 0 done, 2 a bad input or usage (one line on
     stderr naming it), 130 / 143 interrupted by Ctrl-C / SIGTERM (one line: what was saved and the
     command that resumes)."""
-    from svdecode.interrupts import Terminated, interrupted_line, sigterm_as_interrupt
+    from svdecode.cli.interrupts import Terminated, interrupted_line, sigterm_as_interrupt
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = None
@@ -269,7 +269,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())
         print(f"svdecode {ns.command}: error: {message}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

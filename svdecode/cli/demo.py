@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svdecode import rundir
 from svdecode.checks import POSITIVE_INT, SEED, check, check_model_source
 from svdecode.data import COMMONSENSE_DATASETS, load_commonsense, sample, truthfulqa_mc_split
 from svdecode.errors import InputError
@@ -22,6 +21,7 @@ from svdecode.eval import run_eval
 from svdecode.eval.choices import calibration_choices
 from svdecode.eval.report import render_report
 from svdecode.eval.runner import check_eval_dir, check_method_names
+from svdecode.runs import rundir
 from svdecode.train import METHODS, WarmstartConfig
 from svdecode.train.pipeline import run_pipeline
 
