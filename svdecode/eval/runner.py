@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
 from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
 from svdecode.runs import rundir
+from svdecode.versions import HARNESS_DEPENDENCIES, dependency_versions
 
 log = logging.getLogger("svdecode")
 
@@ -56,24 +56,8 @@ TASKS = ("truthfulqa_mc", "commonsense", "truthfulqa_gen")
 
 
 def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in (
-        "svdecode",
-        "torch",
-        "transformers",
-        "peft",
-        "numpy",
-        "sacrebleu",
-        "rouge-score",
-        "matplotlib",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    """The library versions an evaluation records: the core's list plus the harness's metrics and plots."""
+    return {"platform": platform.platform(), **dependency_versions(HARNESS_DEPENDENCIES)}
 
 
 def _default_data(task: str) -> list[Any]:

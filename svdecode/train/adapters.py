@@ -8,12 +8,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from svdecode.train.base_checks import compare_fingerprints, model_name, same_model_name
 from svdecode.train.checkpoints import INFO_NAME, partial_dir, read_info
 from svdecode.train.config import (
     AdapterMismatchError,
     WarmstartError,
 )
-from svdecode.train.fingerprint import compare_fingerprints, model_name, same_model_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdecode.model.fingerprint import base_fingerprint
 from svdecode.runs import rundir
+from svdecode.train.base_checks import model_name
 from svdecode.train.checkpoints import (
     CHECKPOINT_DIR,
     FORMAT_VERSION,
@@ -47,7 +48,6 @@ from svdecode.train.config import (
     validate,
 )
 from svdecode.train.examples import LazyExamples, LengthScan, PadCollator, pad_id, scan_examples
-from svdecode.train.fingerprint import model_name
 from svdecode.train.peft_setup import check_model, init_prefix, peft_config, precision_of
 from svdecode.versions import dependency_versions
 

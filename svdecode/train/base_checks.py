@@ -1,5 +1,6 @@
-"""Which base model an adapter belongs to: architecture numbers plus a probe of the embedding
-weights (:mod:`svdecode.model.fingerprint`, shared with the core's loader), and base-model names."""
+"""Whether a base model is the one an adapter or an interrupted warm-start recorded: base-model
+names (aliases and paths of the same model) and the fingerprint comparison with the warm-start's
+error type. The fingerprint itself is computed by :mod:`svdecode.model.fingerprint`."""
 
 from __future__ import annotations
 
