@@ -585,6 +585,10 @@ def test_openai_judge_against_local_fake_server(fake_server):
 def test_truthfulqa_gen_with_judges_and_rejudging_without_regenerating(
     tmp_path, model, fake_server, monkeypatch
 ):
+    for mod in ("sacrebleu", "rouge_score"):
+        pytest.importorskip(
+            mod, reason="the proxy judge's metrics need the harness extra: pip install 'svdecode[harness]'"
+        )
     examples = [
         Example(
             f"truthfulqa/{i}",
@@ -631,6 +635,10 @@ def test_truthfulqa_gen_with_judges_and_rejudging_without_regenerating(
 
 
 def test_similarity_and_local_lm_judges(model):
+    for mod in ("sacrebleu", "rouge_score"):
+        pytest.importorskip(
+            mod, reason="the proxy judge's metrics need the harness extra: pip install 'svdecode[harness]'"
+        )
     sim = ev.SimilarityJudge()
     v = sim.judge(
         "Q?", "Paris is the capital of France.", ["Paris is the capital of France."], ["Madrid is."]

@@ -124,6 +124,9 @@ def test_an_old_run_dir_loads_with_its_recorded_settings(old_base):
 
 
 def test_an_old_evaluation_reproduces_and_reports(old_base, tmp_path):
+    pytest.importorskip(
+        "matplotlib", reason="the report's plots need the harness extra: pip install 'svdecode[harness]'"
+    )
     old = ev.load_results(FIXTURE / "eval")
     task = old["tasks"]["truthfulqa_mc"]
     model = SteeredModel.from_pretrained(FIXTURE / "adapter", base=str(old_base))

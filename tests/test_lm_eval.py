@@ -15,9 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip("lm_eval", reason="the lm-eval extra is not installed: pip install 'svdecode[lm-eval]'")
+
 import lm_eval
 import numpy as np
-import pytest
 import torch
 from conftest import make_model, make_tokenizer
 from lm_eval.api.instance import Instance

@@ -307,6 +307,10 @@ def test_bootstrap_speed():
 
 
 def test_similarity_judge():
+    for mod in ("sacrebleu", "rouge_score"):
+        pytest.importorskip(
+            mod, reason="the proxy judge's metrics need the harness extra: pip install 'svdecode[harness]'"
+        )
     true_refs = ["The sky is blue because of Rayleigh scattering.", "Rayleigh scattering makes it blue."]
     false_refs = ["The sky is blue because it reflects the ocean.", "The sky reflects the sea."]
     good = similarity_judge(true_refs[0], true_refs, false_refs)

@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip(
+    "matplotlib", reason="the report's plots need the harness extra: pip install 'svdecode[harness]'"
+)
+
 from svdecode import eval as ev
 from svdecode.eval import metrics, plots, tables
 from svdecode.eval import report as rp

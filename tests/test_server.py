@@ -15,9 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+for _extra in ("fastapi", "uvicorn", "openai"):
+    pytest.importorskip(
+        _extra, reason=f"{_extra} is not installed: pip install 'svdecode[dev]' (serve extra + openai)"
+    )
+
 import httpx2 as httpx
 import openai
-import pytest
 import torch
 import uvicorn
 from conftest import make_model, make_tokenizer
