@@ -19,7 +19,7 @@ import pytest
 from test_faults import build_golden, consistent, eval_args, run_args
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from svdecode.cli.interrupts import Terminated
 from svdecode.model.config import CONFIG_NAME
 from svdecode.runs import rundir
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_v0"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0"
 ROWS = [{"prompt": f"Q: is {i} even?\nA:", "answer": " yes" if i % 2 == 0 else " no"} for i in range(14)]
 LONG = "Q: " + "the sky is blue " * 40  # 363 tokens: more than the tiny models' 256 positions
 

@@ -38,7 +38,7 @@ from svdecode.model.loading import ModelLoadError
 from svdecode.model.steered_model import SteeredModel
 
 MU = 10.0  # the saved (calibrated) strength of the fixture adapter; large enough to change greedy text
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 
 # -- a tiny world: base model, LoRA adapter + steering_config.json, task data in the shared layout --

@@ -181,7 +181,7 @@ def test_extract_label_matches_data_golds():
     import json
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "commonsense"
     if not root.exists():
         root = Path("/work/shared/data/commonsense")
     if not root.exists():

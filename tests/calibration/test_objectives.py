@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_steered_model import make_peft
+from conftest import make_peft
 
 from svdecode.calibration.calibrate import collect_choice_stats
 from svdecode.calibration.objectives import ChoiceItem, choice_accuracy, choose_strength, fold_of
@@ -148,7 +148,9 @@ def test_calibrate_records_every_objective_the_guard_and_the_artifact(tokenizer,
 
 
 def test_old_artifacts_with_an_estimator_load_as_their_objective():
-    old = json.loads((Path(__file__).parent / "fixtures/run_v0/adapter/steering_config.json").read_text())
+    old = json.loads(
+        (Path(__file__).resolve().parents[1] / "fixtures/run_v0/adapter/steering_config.json").read_text()
+    )
     assert old["format_version"] == 1 and old["estimator"] == "mean"
     cfg = SteeringConfig.from_json(old, "run_v0")
     assert cfg.objective == "mean" and cfg.mu_bins is None and cfg.mu == old["mu"]
