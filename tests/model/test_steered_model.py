@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import torch
 from conftest import PEFT_CONFIGS, make_model, make_peft
-from transformers.cache_utils import DynamicLayer
 
 from svdecode import steer_logits
-from svdecode.model.config import CONFIG_NAME, ConfigError, SteeringConfig
-from svdecode.model.kv_cache import GrowingLayer
+from svdecode.model.config import ConfigError, SteeringConfig
 from svdecode.model.loading import ModelLoadError
 from svdecode.model.steered_model import SteeredModel
 from svdecode.model.streams import (
-    MixedBatchLoRAStreams,
     ToggleAdapterStreams,
     make_streams,
     positions_from_mask,
@@ -55,84 +51,6 @@ def slow_greedy(peft_model, kind, ids, mask, mu, steps, alpha=0.1, lam=float("-i
         nxt = steer_logits(z_phi[:, -1], z_theta[:, -1], mu, alpha=alpha, lam=lam).argmax(-1, keepdim=True)
         ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
     return ids
-
-
-@pytest.mark.parametrize("kind", list(PEFT_CONFIGS))
-def test_stream_logits_match_plain_forward(tokenizer, kind):
-    peft_model = make_peft(kind, len(tokenizer))
-    enc = encode(tokenizer, PROMPTS if kind in ("lora", "ia3") else PROMPTS[:1])
-    z_phi, z_theta = make_streams(peft_model)(enc.input_ids, enc.attention_mask)
-    r_phi, r_theta = reference_logits(peft_model, kind, enc.input_ids, enc.attention_mask)
-    real = enc.attention_mask.bool()
-    torch.testing.assert_close(z_phi[real], r_phi[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(z_theta[real], r_theta[real], atol=1e-5, rtol=1e-5)
-    assert (z_phi - z_theta).abs().max() > 0.1  # the adapter matters
-
-
-@pytest.mark.parametrize("kind", list(PEFT_CONFIGS))
-def test_cached_steps_match_full_recompute(tokenizer, kind):
-    """Prefill + one token at a time through the StreamCache equals the cache-free forward."""
-    peft_model = make_peft(kind, len(tokenizer))
-    enc = encode(tokenizer)
-    streams = make_streams(peft_model)
-    full_phi, full_theta = streams(enc.input_ids, enc.attention_mask)
-    cache = streams.new_cache()
-    cut = enc.input_ids.shape[1] - 3
-    parts = [streams(enc.input_ids[:, :cut], enc.attention_mask[:, :cut], cache)]
-    for t in range(cut, enc.input_ids.shape[1]):
-        parts.append(streams(enc.input_ids[:, t : t + 1], enc.attention_mask[:, : t + 1], cache))
-    step_phi = torch.cat([p[0] for p in parts], 1)
-    step_theta = torch.cat([p[1] for p in parts], 1)
-    real = enc.attention_mask.bool()
-    torch.testing.assert_close(step_phi[real], full_phi[real], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(step_theta[real], full_theta[real], atol=1e-5, rtol=1e-4)
-
-
-def test_growing_layer_matches_dynamic_layer():
-    """Same keys/values as transformers' DynamicLayer through prefill, steps past the spare
-    capacity, crop, beam reordering and batch selection; decode steps append in place."""
-    torch.manual_seed(0)
-    ours, ref = GrowingLayer(), DynamicLayer()
-
-    def step(n_new: int) -> None:
-        k, v = torch.randn(4, 2, n_new, 3), torch.randn(4, 2, n_new, 3)
-        got, want = ours.update(k, v), ref.update(k, v)
-        for g, w in zip(got, want, strict=True):
-            assert torch.equal(g, w)
-
-    step(5)
-    buf = ours._kbuf
-    for _ in range(GrowingLayer.MIN_SPARE):
-        step(1)
-    assert ours._kbuf is buf  # appended in place, no regrowth within the spare capacity
-    step(1)
-    assert (
-        ours._kbuf is not buf
-        and ours.get_seq_length() == ref.get_seq_length() == 5 + GrowingLayer.MIN_SPARE + 1
-    )
-    ours.crop(-3)
-    ref.crop(-3)
-    step(2)
-    beam = torch.tensor([2, 2, 0, 1])
-    ours.reorder_cache(beam)
-    ref.reorder_cache(beam)
-    step(1)
-    ours.batch_select_indices(torch.tensor([3, 1, 0, 2]))
-    ref.batch_select_indices(torch.tensor([3, 1, 0, 2]))
-    step(1)
-    assert ours.get_seq_length() == ref.get_seq_length()
-
-
-def test_mixed_batch_equals_two_passes(tokenizer):
-    peft_model = make_peft("lora", len(tokenizer))
-    mixed = make_streams(peft_model)
-    two = make_streams(peft_model, mixed_batch=False)
-    assert isinstance(mixed, MixedBatchLoRAStreams) and isinstance(two, ToggleAdapterStreams)
-    enc = encode(tokenizer)
-    for a, b in zip(
-        mixed(enc.input_ids, enc.attention_mask), two(enc.input_ids, enc.attention_mask), strict=True
-    ):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
@@ -295,43 +213,6 @@ def test_non_finite_logits_are_refused(tokenizer):
         model.combine(z, torch.zeros(1, 5))
     with pytest.raises(ConfigError, match="finite"):
         SteeringConfig(mu=float("inf"))
-
-
-def test_save_and_from_pretrained_round_trip(tokenizer, tmp_path):
-    peft_model = make_peft("lora", len(tokenizer))
-    model = SteeredModel.from_peft(peft_model, tokenizer, alpha=0.2)
-    model.calibrate([("the correct answer is", " true"), ("What is", " the capital")], progress=False)
-    # The base weights as a local folder (same seed as make_peft's) so the artifact loads offline.
-    base_dir = tmp_path / "base"
-    make_model(len(tokenizer), seed=0).save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
-    model.steering.base_model = str(base_dir)
-    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    out = model.save_pretrained(tmp_path / "steered")
-    saved = json.loads(out.read_text())
-    assert saved["mu"] == model.steering.mu and saved["lam"] == "-inf" and saved["adapter_type"] == "LORA"
-    assert saved["calibration"]["n_tokens"] > 0 and saved["library_version"]
-
-    loaded = SteeredModel.from_pretrained(tmp_path / "steered")
-    assert loaded.steering.mu == model.steering.mu and loaded.steering.alpha == 0.2
-    enc = encode(tokenizer)
-    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
-    assert torch.equal(loaded.generate(**enc, **kw), model.generate(**enc, **kw))
-
-
-def test_corrupt_or_incompatible_config_is_refused(tmp_path):
-    (tmp_path / CONFIG_NAME).write_text("{not json")
-    with pytest.raises(ConfigError, match="corrupt"):
-        SteeringConfig.load(tmp_path)
-    (tmp_path / CONFIG_NAME).write_text(json.dumps({"format_version": 99, "mu": 1.0}))
-    with pytest.raises(ConfigError, match="format_version 99"):
-        SteeringConfig.load(tmp_path)
-    good = SteeringConfig(mu=-1.5, lam=None).to_json()
-    (tmp_path / CONFIG_NAME).write_text(json.dumps({**good, "mu": "NaN?"}))
-    with pytest.raises(ConfigError, match=str(tmp_path)):
-        SteeringConfig.load(tmp_path)
-    with pytest.raises(ConfigError, match="not a saved SteeredModel"):
-        SteeringConfig.load(tmp_path / "missing")
 
 
 def test_two_models_and_vocabulary_mismatch(tokenizer):
