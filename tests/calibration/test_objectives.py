@@ -11,9 +11,8 @@ import pytest
 import torch
 from conftest import make_peft
 
-from svdecode.calibration.calibrate import collect_choice_stats
-from svdecode.calibration.objectives import ChoiceItem, choice_accuracy, choose_strength, fold_of
-from svdecode.calibration.strength import TokenStats, group_scores, minimise_nll, token_stats
+from svdecode.calibration.objectives import ChoiceItem, choose_strength, fold_of
+from svdecode.calibration.strength import TokenStats, minimise_nll, token_stats
 from svdecode.model.config import CONFIG_NAME, SteeringConfig
 from svdecode.model.steered_model import SteeredModel
 from svdecode.steering import steer_logits
@@ -112,39 +111,6 @@ CHOICES = [
     ChoiceItem("b", "What is the capital of France?", (" Paris", " Rome", " London"), (1, 0, 0)),
     ChoiceItem("c", "Q: 1 2 3?\nA:", (" 4 5", " 9 9"), (0, 1)),
 ]
-
-
-@pytest.mark.parametrize("mu", [-3.0, 0.0, 0.8, 5.0])
-def test_mc_scores_from_statistics_equal_direct_steered_scoring(tokenizer, mu):
-    model = SteeredModel.from_peft(make_peft("lora", len(tokenizer)), tokenizer, lam=None)
-    cs = collect_choice_stats(model.streams, tokenizer, CHOICES, progress=False, cap=len(tokenizer))
-    assert cs.stats.n_capped == 0  # the tiny model is flat: every kept entry is stored
-    model.steering.mu = mu
-    prompts = [c.prompt for c in CHOICES for _ in c.options]
-    options = [o for c in CHOICES for o in c.options]
-    direct = [float(s.double().sum()) for s in model.score(prompts, options)]
-    assert group_scores(cs.stats, mu).tolist() == pytest.approx(direct, abs=1e-4)
-    want = [
-        choice_accuracy(c, direct[o : o + len(c.options)]) for c, o in zip(CHOICES, cs.offsets, strict=True)
-    ]
-    assert cs.item_values(mu) == want
-
-
-def test_calibrate_records_every_objective_the_guard_and_the_artifact(tokenizer, tmp_path):
-    model = SteeredModel.from_peft(make_peft("lora", len(tokenizer)), tokenizer)
-    pairs = [(c.prompt, c.options[c.labels.index(1)]) for c in CHOICES] * 2
-    result = model.calibrate(pairs, choices=CHOICES, folds=3, progress=False)
-    st = result.stats
-    assert set(st["estimates"]) == {"nll", "task", "mean", "median", "trimmed", "pooled"}
-    assert st["guard"]["enabled"] and st["n_choice_items"] == 3
-    assert model.steering.objective == "nll" and model.steering.mu == result.mu
-    if st["guard"]["passed"] is False:
-        assert result.mu == 0.0
-    else:
-        assert result.mu == st["estimates"]["nll"]
-    saved = json.loads(model.save_pretrained(tmp_path / "s").read_text())
-    assert saved["objective"] == "nll" and "estimator" not in saved
-    assert saved["calibration"]["guard"] == st["guard"]
 
 
 def test_old_artifacts_with_an_estimator_load_as_their_objective():
