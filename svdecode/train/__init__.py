@@ -18,8 +18,8 @@ checks), ``examples`` (tokenisation), ``trainer`` (the ``Trainer`` run), ``check
 output directory, resume), ``adapters`` (reloading with base checks), ``args`` (CLI options),
 ``pipeline`` (``svdecode run``: warm-start -> calibrate).
 
-May import: the library core (``svdecode.model.loading``, ``streams``, ``steered_model``, ...) and
-``svdecode.data``; torch, transformers and peft are imported inside functions so the CLI can build
+Layer: harness. May import the core (``svdecode.model``, ``calibration``, ``runs``, ...) and
+``svdecode.data``, never ``cli/`` or ``integrations/``; torch, transformers and peft are imported inside functions so the CLI can build
 its parser without them. Nothing in the core imports this package.
 """
 
