@@ -21,7 +21,12 @@ if TYPE_CHECKING:  # transformers is imported where a model is loaded: the CLI p
 
 from svdecode.checks import check_model_source, looks_local
 from svdecode.errors import ModelLoadError
-from svdecode.model.fingerprint import compare_fingerprints, recorded_fingerprint, vocab_size
+from svdecode.model.fingerprint import (
+    BaseMismatchError,
+    compare_fingerprints,
+    recorded_fingerprint,
+    vocab_size,
+)
 
 log = logging.getLogger("svdecode")
 
@@ -333,7 +338,7 @@ def load_peft(
     except SafetensorError as err:
         raise ModelLoadError(f"the adapter weights in {str(adapter_dir)!r} are corrupt: {err}") from err
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ModelLoadError(
+        raise BaseMismatchError(
             f"the adapter in {str(adapter_dir)!r} does not fit the base model "
             f"{getattr(base_model.config, 'name_or_path', '?')!r}: {err}"
         ) from err

@@ -1,5 +1,7 @@
-"""Reloading a warm-started adapter onto its base model, with the checks that keep an adapter off a
-base it was not trained on (vocabulary, architecture, and a fingerprint of the embedding weights).
+"""Reloading a warm-started adapter onto its base model: the warm-start's own checks (an unfinished
+run, a failed one, the tokenizer's size, the base's name) in its error types, then the one adapter
+loader, :func:`svdecode.model.loading.load_peft` (vocabulary, architecture and embedding-weights
+fingerprint; peft's loading).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from svdecode.train.base_checks import compare_fingerprints, model_name, same_model_name
+from svdecode.train.base_checks import model_name, same_model_name
 from svdecode.train.checkpoints import INFO_NAME, partial_dir, read_info
 from svdecode.train.config import (
     AdapterMismatchError,
@@ -96,18 +98,15 @@ def load_adapter(
             f"vocabulary mismatch: the adapter's tokenizer has {info['tokenizer_size']} tokens, the base model "
             f"only {vocab} output rows"
         )
-    if fp:
-        if strict:
-            compare_fingerprints(fp, model, f"the adapter in {str(out)!r}")
-        elif not same_model_name(model_name(model), recorded):
-            log.warning("loading the adapter in %s onto %r (trained on %r)", out, model_name(model), recorded)
-    from safetensors import SafetensorError
+    if fp and not strict and not same_model_name(model_name(model), recorded):
+        log.warning("loading the adapter in %s onto %r (trained on %r)", out, model_name(model), recorded)
+    # the one adapter loader (fingerprint check, peft loading, its errors), in the warm-start's error types
+    from svdecode.model.fingerprint import BaseMismatchError
+    from svdecode.model.loading import load_peft
 
     try:
-        peft_model = PeftModel.from_pretrained(model, str(out))
-    except SafetensorError as err:
-        raise WarmstartError(f"the adapter weights in {str(out)!r} are corrupt: {err}") from err
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise AdapterMismatchError(f"the adapter in {str(out)!r} does not fit the base model: {err}") from err
-    peft_model.eval()
-    return peft_model
+        return load_peft(out, model, force=not strict)
+    except BaseMismatchError as err:
+        raise AdapterMismatchError(str(err)) from err
+    except ModelLoadError as err:
+        raise WarmstartError(str(err)) from err
