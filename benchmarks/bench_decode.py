@@ -89,7 +89,7 @@ def random_base(folder: str, seed: int, dtype: str, device: str | None):
     a GPU run can measure a model whose weights are too large to carry to the machine."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from svdecode.models import load_tokenizer, resolve_device, resolve_dtype
+    from svdecode.model.loading import load_tokenizer, resolve_device, resolve_dtype
 
     torch.manual_seed(seed)
     dev = resolve_device(device) or torch.device("cpu")
