@@ -24,6 +24,7 @@ def test_require_extra_returns_the_module_when_installed():
 
 def test_require_extra_names_the_module_and_the_extra_when_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # other tests may have imported it
     with pytest.raises(MissingExtraError) as err:
         require_extra("matplotlib.pyplot", "harness", "the report's plots")
     assert str(err.value) == (
