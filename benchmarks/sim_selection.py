@@ -1,7 +1,7 @@
 """How the selection criterion behaves when one candidate is noisy: simulated per-item held-out gains.
 
 Each run draws 100 items' paired held-out gains for every candidate -- the statistics
-:func:`svdecode.selection.pick` sees -- and picks one by ``mean - k * se`` (k = 0 is the plain
+:func:`svdecode.calibration.selection.pick` sees -- and picks one by ``mean - k * se`` (k = 0 is the plain
 arg-max of the mean gain) or by the one-standard-error rule (the least noisy candidate whose mean
 is within one standard error of the best). The value of a pick is the candidate's *true* mean gain
 (what it is worth on new items); "off" is worth 0. The candidates mimic docs/results.md §2 and
@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 
-from svdecode.selection import pick, summary
+from svdecode.calibration.selection import pick, summary
 
 
 def one_se_rule(gains: dict[str, np.ndarray]) -> str:

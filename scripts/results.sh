@@ -5,7 +5,7 @@
 # an interrupted warm-start, a stage asked the same is reused, and evaluations resume from their
 # per-item caches. Calibration everywhere: the default (auto: every candidate objective and the
 # 3-bin confidence fit cross-validated, the best chosen, applied only if nested 5-fold CV finds a
-# gain; svdecode.selection; docs/results.md §2 ran the old default, nll); every evaluation records every objective's strength and
+# gain; svdecode.calibration.selection; docs/results.md §2 ran the old default, nll); every evaluation records every objective's strength and
 # the strength curve (test = ORACLE) from one extra scoring pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
