@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "svdecode"
 CORE = {
     "svdecode",
+    "svdecode.benchmarks",
     "svdecode.steering",
     "svdecode.strength",
     "svdecode.objectives",

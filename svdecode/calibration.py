@@ -13,15 +13,23 @@ paper's estimators only (eqs. 41-46 with the probability direction).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from svdecode.checks import NONNEGATIVE_INT, POSITIVE_INT, SEED, UNIT_INTERVAL, Rule, check
+from svdecode.errors import InputError
+from svdecode.fileio import short_hash
 from svdecode.objectives import (
+    DEFAULT_BINS,
+    DEFAULT_FOLDS,
     DEFAULT_OBJECTIVE,
+    DEFAULT_TRIM,
     OBJECTIVES,
     ChoiceItem,
     ChoiceStats,
@@ -34,6 +42,7 @@ from svdecode.scoring import batches, encode_pairs
 from svdecode.steering import ESTIMATORS, aggregate_mu, token_mu
 from svdecode.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
 
+DEFAULT_ALPHA = 0.1  # the confidence mask calibrated with when none is given (SteeringConfig's)
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # Which direction a method's strength multiplies, so every method is calibrated the same way.
 METHOD_DIRECTION = {
@@ -41,6 +50,143 @@ METHOD_DIRECTION = {
     "logit_arithmetic": "logit_difference",
     "prob_space": "probability",
 }
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How the strength is calibrated -- one object from the command line through ``svdecode
+    run``/``calibrate``/``eval`` and :meth:`SteeredModel.calibrate` to the record, as
+    ``transformers.GenerationConfig`` is for ``generate``.
+
+    ``objective``: "nll", "task" or one of the paper's estimators (:data:`OBJECTIVES`); ``guard``
+    with ``folds``-fold cross-validation turns steering off without a held-out gain; ``bins``
+    confidence bins (0/1: off); ``seed`` draws the folds; ``trim`` is the trimmed mean's fraction;
+    ``alpha`` the confidence mask calibrated with (None: the model's own). The rest say how the
+    pass runs and never change its result beyond float rounding (``cap``: kept tokens per row).
+
+    >>> CalibrationConfig().replace(objective="mean", folds=3).folds
+    3
+    """
+
+    objective: str = DEFAULT_OBJECTIVE
+    guard: bool = True
+    folds: int = DEFAULT_FOLDS
+    bins: int = DEFAULT_BINS
+    seed: int = 0
+    trim: float = DEFAULT_TRIM
+    alpha: float | None = None
+    batch_size: int = 8
+    max_length: int | None = None
+    cap: int = DEFAULT_CAP
+    progress: bool = True
+
+    def validate(self) -> CalibrationConfig:
+        """Every field in range (:class:`InputError` naming it); returns self."""
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        check("folds", self.folds, Rule("int", lo=2))
+        check("bins", self.bins, NONNEGATIVE_INT)
+        check("seed", self.seed, SEED)
+        check("trim", self.trim, Rule("float", lo=0, hi=0.5, hi_open=True))
+        check("alpha", self.alpha, UNIT_INTERVAL, optional=True)
+        check("batch_size", self.batch_size, POSITIVE_INT)
+        check("max_length", self.max_length, POSITIVE_INT, optional=True)
+        check("cap", self.cap, POSITIVE_INT)
+        return self
+
+    def replace(self, **changes: Any) -> CalibrationConfig:
+        """A copy with ``changes``; ``estimator`` is the old name of ``objective``. An unknown
+        name is a :class:`TypeError` naming it."""
+        if "estimator" in changes:
+            estimator = changes.pop("estimator")
+            if estimator is not None:
+                changes["objective"] = estimator
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown calibration option(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def resolve(cls, config: CalibrationConfig | None, overrides: Mapping[str, Any]) -> CalibrationConfig:
+        """``config`` (default: the defaults) with keyword ``overrides``, as ``generate(...,
+        generation_config=None, **kwargs)`` does."""
+        if config is not None and not isinstance(config, cls):
+            raise TypeError(f"calibration options must be a {cls.__name__}, got {type(config).__name__}")
+        return (config or cls()).replace(**overrides)
+
+    def record(self) -> dict[str, Any]:
+        """The settings a run records (and compares for reuse): objective, guard, folds, bins, seed."""
+        return {k: getattr(self, k) for k in ("objective", "guard", "folds", "bins", "seed")}
+
+    def cache_key(self) -> dict[str, Any]:
+        """What decides a calibration's outcome, for cache identities (the field names and values
+        the evaluation's calibration cache has always hashed)."""
+        keep = ("objective", "trim", "guard", "folds", "bins", "seed", "max_length")
+        return {k: getattr(self, k) for k in keep} | {"batch_size": None, "progress": None}
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(CalibrationConfig))
+
+
+def split_options(overrides: Mapping[str, Any], *configs: Any) -> list[Any]:
+    """Keyword ``overrides`` applied to every options dataclass in ``configs`` that has the field
+    (``estimator`` counts as ``objective``); a keyword none of them has is a :class:`TypeError`
+    naming it. Returns the updated configs, in order."""
+
+    def names(c: Any) -> set[str]:
+        own = {f.name for f in dataclasses.fields(c)}
+        return own | {"estimator"} if isinstance(c, CalibrationConfig) else own
+
+    unknown = sorted(set(overrides) - set().union(*map(names, configs)))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}")
+    out = []
+    for c in configs:
+        mine = {k: v for k, v in overrides.items() if k in names(c)}
+        out.append(c.replace(**mine) if isinstance(c, CalibrationConfig) else dataclasses.replace(c, **mine))
+    return out
+
+
+def pairs_hash(prompts: Sequence[str], answers: Sequence[str]) -> str:
+    """16 hex digits of the SHA-256 of the (prompt, answer) texts."""
+    h = hashlib.sha256()
+    for p, a in zip(prompts, answers, strict=True):
+        h.update(p.encode())
+        h.update(b"\x00")
+        h.update(a.encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def data_hash(prompts: Sequence[str], answers: Sequence[str], choices: Sequence[ChoiceItem] | None) -> str:
+    """The calibration data's identity: its pairs' texts, and its choice items' options and labels."""
+    out = pairs_hash(prompts, answers)
+    if choices:
+        opts = [(c.prompt + "\x02" + "\x03".join(c.options), str(c.labels)) for c in choices]
+        out += "+" + pairs_hash(*zip(*opts, strict=True))
+    return out
+
+
+def calibration_request(
+    config: CalibrationConfig,
+    data: Mapping[str, Any],
+    adapter_sha256: str | None,
+    choices: Sequence[ChoiceItem] | None = None,
+    choice_metric: ItemMetric | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    """The calibration stage's record in a run manifest -- the one format ``svdecode run`` and
+    ``svdecode calibrate`` write: the settings, which choice items (by id) and metric the task
+    objective and the guard judge on, the data, the adapter (by content) and the caller's
+    ``context`` (``run``: alpha and method; ``calibrate``: base and steering overrides)."""
+    return {
+        **config.record(),
+        "choices": None if not choices else {"n": len(choices), "ids_sha256": short_hash([c.id for c in choices])},
+        "choice_metric": getattr(choice_metric, "__name__", None) if choices else None,
+        **context,
+        "data": dict(data),
+        "adapter_sha256": adapter_sha256,
+    }
 
 
 @dataclass
@@ -52,6 +198,9 @@ class CalibrationResult:
     token_stats: TokenStats | None = field(default=None, repr=False)  # answer tokens, one group per pair
     choice_stats: ChoiceStats | None = field(default=None, repr=False)
     decision: StrengthChoice | None = field(default=None, repr=False)
+    # what was calibrated: settings, method, alpha and data (:func:`result_key`), so a second
+    # request for the same calibration can reuse this one
+    key: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def estimator(self) -> str:  # the name before objectives existed
@@ -122,64 +271,51 @@ def calibrate_streams(
     tokenizer,
     prompts: Sequence[str],
     answers: Sequence[str],
-    alpha: float = 0.1,
-    objective: str = DEFAULT_OBJECTIVE,
-    method: str = "svdecode",
-    batch_size: int = 8,
-    trim: float = 0.1,
-    max_length: int | None = None,
-    progress: bool = True,
+    config: CalibrationConfig | None = None,
     *,
+    method: str = "svdecode",
     ids: Sequence[str] | None = None,
     choices: Sequence[ChoiceItem] | None = None,
     choice_metric: ItemMetric = choice_accuracy,
-    guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
-    seed: int = 0,
-    cap: int = DEFAULT_CAP,
+    **overrides: Any,
 ) -> CalibrationResult:
     """Collect the statistics of every answer token (and of every choice option) and decide the
-    strength (:func:`svdecode.objectives.choose_strength`). ``ids`` name each pair's item (folds
-    keep an item's pair and its choices together; default: the pair's position)."""
+    strength (:func:`svdecode.objectives.choose_strength`) as ``config`` says (keyword
+    ``overrides`` replace its fields; ``alpha`` None: the default mask 0.1). ``ids`` name each
+    pair's item (folds keep an item's pair and its choices together; default: the pair's position)."""
+    cfg = CalibrationConfig.resolve(config, overrides)
+    alpha = DEFAULT_ALPHA if cfg.alpha is None else cfg.alpha
     if method not in METHOD_DIRECTION:
         raise ValueError(
             f"method {method!r} has no strength to calibrate; calibratable: {sorted(METHOD_DIRECTION)}"
         )
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r} (estimator); choose one of {OBJECTIVES}")
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r} (estimator); choose one of {OBJECTIVES}")
+    group_ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
+    key = result_key(cfg, method, alpha, prompts, answers, group_ids, choices, choice_metric)
     if method not in DIRECTION_OF:
-        return _calibrate_paper_only(
-            streams,
-            tokenizer,
-            prompts,
-            answers,
-            alpha,
-            objective,
-            method,
-            batch_size,
-            trim,
-            max_length,
-            progress,
-        )
-    common = dict(alpha=alpha, method=method, batch_size=batch_size, max_length=max_length, cap=cap)
-    stats, kl = collect_stats(streams, tokenizer, prompts, answers, progress=progress, **common)
+        result = _calibrate_paper_only(streams, tokenizer, prompts, answers, cfg, alpha, method)
+        result.key = key
+        return result
+    common = dict(alpha=alpha, method=method, batch_size=cfg.batch_size, max_length=cfg.max_length, cap=cfg.cap)
+    stats, kl = collect_stats(streams, tokenizer, prompts, answers, progress=cfg.progress, **common)
     cstats = (
-        collect_choice_stats(streams, tokenizer, choices, choice_metric, progress=progress, **common)
+        collect_choice_stats(streams, tokenizer, choices, choice_metric, progress=cfg.progress, **common)
         if choices
         else None
     )
-    group_ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
     if len(group_ids) != len(prompts):
         raise ValueError(f"{len(group_ids)} ids for {len(prompts)} calibration pairs")
-    decision = choose_strength(stats, group_ids, cstats, objective, guard, folds, bins, seed, trim)
+    decision = choose_strength(
+        stats, group_ids, cstats, cfg.objective, cfg.guard, cfg.folds, cfg.bins, cfg.seed, cfg.trim
+    )
     mu_t = stats.num / (stats.den + 1e-12)
-    summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, trim)
+    summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, cfg.trim)
     summary.update(
         stats_bytes_per_token=stats.nbytes / max(len(stats), 1),
         stats_kept_width=int(stats.kept_width),
         stats_capped_tokens=stats.n_capped,
-        objective=objective,
+        objective=cfg.objective,
         mu=decision.mu,
         estimates=decision.estimates,
         cv=decision.cv,
@@ -187,7 +323,30 @@ def calibrate_streams(
         bins=decision.bins,
         n_choice_items=len(choices or ()),
     )
-    return CalibrationResult(decision.mu, objective, summary, mu_t, stats, cstats, decision)
+    return CalibrationResult(decision.mu, cfg.objective, summary, mu_t, stats, cstats, decision, key)
+
+
+def result_key(
+    config: CalibrationConfig,
+    method: str,
+    alpha: float,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    group_ids: Sequence[str],
+    choices: Sequence[ChoiceItem] | None,
+    choice_metric: ItemMetric,
+) -> dict[str, Any]:
+    """Everything that decides a calibration's outcome on a given model: two calibrations with
+    equal keys are the same calibration."""
+    return {
+        "settings": config.cache_key(),
+        "cap": config.cap,
+        "method": method,
+        "alpha": float(alpha),
+        "data": data_hash(prompts, answers, choices),
+        "ids_sha256": short_hash(list(group_ids)),
+        "choice_metric": getattr(choice_metric, "__name__", None) if choices else None,
+    }
 
 
 def _summary(
@@ -215,9 +374,10 @@ def _summary(
 
 
 def _calibrate_paper_only(
-    streams, tokenizer, prompts, answers, alpha, objective, method, batch_size, trim, max_length, progress
+    streams, tokenizer, prompts, answers, cfg: CalibrationConfig, alpha: float, method: str
 ) -> CalibrationResult:
     """The paper's per-token estimators only, for a direction the steered logits are not linear in."""
+    objective, trim, batch_size, max_length = cfg.objective, cfg.trim, cfg.batch_size, cfg.max_length
     if objective not in ESTIMATORS:
         raise ValueError(
             f"method {method!r} is not linear in its strength: objective must be one of {ESTIMATORS}"
@@ -225,7 +385,7 @@ def _calibrate_paper_only(
     if len(prompts) == 0:
         raise ValueError("the calibration set is empty: give at least one (prompt, answer) pair")
     nums, dens, kept, kls = [], [], [], []
-    bar = tqdm(total=len(prompts), desc="calibrating mu", unit="ex", disable=not progress)
+    bar = tqdm(total=len(prompts), desc="calibrating mu", unit="ex", disable=not cfg.progress)
     for sl in batches(len(prompts), batch_size):
         batch = encode_pairs(tokenizer, prompts[sl], answers[sl], max_length=max_length)
         z_phi, z_theta = streams(batch.input_ids, batch.attention_mask, logits_to_keep=batch.keep)
