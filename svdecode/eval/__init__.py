@@ -60,12 +60,16 @@ from svdecode.eval.methods import (
     known_method_names,
     using_method,
 )
-from svdecode.eval.runner import SCHEMA, TASKS, load_results, run_eval, write_results
+from svdecode.eval.options import EvalOptions
+from svdecode.eval.runner import SCHEMA, load_results, run_eval, write_results
 from svdecode.eval.strengths import model_fingerprint
+from svdecode.eval.tasks import TASKS, TaskFamily
 from svdecode.eval.truthfulqa_gen import clean_tqa_answer, evaluate_truthfulqa_gen, tqa_gen_metrics
 from svdecode.eval.truthfulqa_mc import QA_PRIMER, evaluate_mc, mc_prompt
 
 __all__ = [
+    "EvalOptions",
+    "TaskFamily",
     "ALPHA_SWEEP",
     "DECODINGS",
     "GROUPS",

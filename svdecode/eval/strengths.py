@@ -117,10 +117,15 @@ class Calibrator:
         objective = st.objective if linear or st.objective in ESTIMATORS else "mean"
         cfg = st.replace(objective=objective, alpha=alpha)
         choices = self.choices if linear else None
-        key = result_key(cfg, method, alpha, self.prompts, self.answers, self.ids, choices, self.choice_metric)
+        key = result_key(
+            cfg, method, alpha, self.prompts, self.answers, self.ids, choices, self.choice_metric
+        )
         result = getattr(self.model, "last_calibration", None)
         if result is not None and result.key == key:
-            log.info("calibration %s: the model's own calibration was asked the same; reusing it", self.key(method, alpha))
+            log.info(
+                "calibration %s: the model's own calibration was asked the same; reusing it",
+                self.key(method, alpha),
+            )
         else:
             result = calibrate_streams(
                 self.model.streams,
