@@ -115,7 +115,9 @@ class CalibrationConfig:
         return (config or cls()).replace(**overrides)
 
     def record(self) -> dict[str, Any]:
-        """The settings a run records (and compares for reuse): objective, guard, folds, bins, seed."""
+        """The settings a run records (and compares for reuse): objective, guard, folds, bins, seed.
+        A field added later should join it only when it differs from its default, so that runs
+        recorded before the field existed stay reusable."""
         return {k: getattr(self, k) for k in ("objective", "guard", "folds", "bins", "seed")}
 
     def cache_key(self) -> dict[str, Any]:
