@@ -183,7 +183,9 @@ def calibration_request(
     ``context`` (``run``: alpha and method; ``calibrate``: base and steering overrides)."""
     return {
         **config.record(),
-        "choices": None if not choices else {"n": len(choices), "ids_sha256": short_hash([c.id for c in choices])},
+        "choices": None
+        if not choices
+        else {"n": len(choices), "ids_sha256": short_hash([c.id for c in choices])},
         "choice_metric": getattr(choice_metric, "__name__", None) if choices else None,
         **context,
         "data": dict(data),
@@ -299,7 +301,9 @@ def calibrate_streams(
         result = _calibrate_paper_only(streams, tokenizer, prompts, answers, cfg, alpha, method)
         result.key = key
         return result
-    common = dict(alpha=alpha, method=method, batch_size=cfg.batch_size, max_length=cfg.max_length, cap=cfg.cap)
+    common = dict(
+        alpha=alpha, method=method, batch_size=cfg.batch_size, max_length=cfg.max_length, cap=cfg.cap
+    )
     stats, kl = collect_stats(streams, tokenizer, prompts, answers, progress=cfg.progress, **common)
     cstats = (
         collect_choice_stats(streams, tokenizer, choices, choice_metric, progress=cfg.progress, **common)

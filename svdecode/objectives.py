@@ -117,7 +117,10 @@ class ChoiceStats:
 
 
 def fit_all(
-    stats: TokenStats, choices: ChoiceStats | None, which: Sequence[int] | None = None, trim: float = DEFAULT_TRIM
+    stats: TokenStats,
+    choices: ChoiceStats | None,
+    which: Sequence[int] | None = None,
+    trim: float = DEFAULT_TRIM,
 ) -> dict[str, float]:
     """The strength every objective picks from ``stats`` (and the choice items ``which``); the task
     search is anchored at the others' strengths, so it always considers them."""
