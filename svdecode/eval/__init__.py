@@ -3,6 +3,8 @@ choice and open-ended) and the commonsense benchmarks, with paired comparisons, 
 caches, ``results.json`` / ``results.md`` and a report with plots.
 
 Where things are: ``methods`` (what is compared and how each strength is calibrated),
+``tasks`` (the registry: one :class:`TaskFamily` per task family -- data, evaluation,
+calibration choices, report columns), ``options`` (:class:`EvalOptions`),
 ``truthfulqa_mc`` / ``truthfulqa_gen`` / ``commonsense`` (one module per task family),
 ``generation`` (batched decoding per method), ``judges`` (open-ended TruthfulQA), ``metrics`` and
 ``labels`` (pure metric functions), ``compare`` (paired bootstrap), ``cache`` (per-item resume),
