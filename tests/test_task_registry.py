@@ -16,9 +16,9 @@ from svdecode.eval.tasks import TASKS, get_task
 
 def test_registry_holds_every_family_the_command_line_offers():
     assert tuple(TASKS) == benchmarks.TASK_NAMES
-    assert build_parser().parse_args(["eval", "--tasks", *TASKS]).tasks == list(TASKS)
+    assert build_parser().parse_args(["eval", "--out", "o", "--tasks", *TASKS]).tasks == list(TASKS)
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["eval", "--tasks", "nope"])
+        build_parser().parse_args(["eval", "--out", "o", "--tasks", "nope"])
     assert all(name == family.name for name, family in TASKS.items())
     assert task_title(benchmarks.COMMONSENSE) == "Commonsense reasoning"
     assert task_columns(benchmarks.TRUTHFULQA_MC) == ("MC1", "MC2", "MC3", "MC_avg")
