@@ -1,6 +1,6 @@
 """The options of one evaluation (:func:`svdecode.eval.run_eval`) as one object: which methods are
 compared and how the tasks are run. How the calibrated methods are calibrated is the library's
-:class:`svdecode.calibration.CalibrationConfig`."""
+:class:`svdecode.calibration.config.CalibrationConfig`."""
 
 from __future__ import annotations
 

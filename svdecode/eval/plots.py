@@ -18,16 +18,14 @@ from typing import Any
 import numpy as np
 
 from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
+from svdecode.errors import require_extra
 from svdecode.eval.tables import as_num, headline, n_items, task_title
 
 
 def _plt():
-    import matplotlib
-
+    matplotlib = require_extra("matplotlib", "harness", "the report's plots")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require_extra("matplotlib.pyplot", "harness", "the report's plots")
 
 
 def _grouped_bars(

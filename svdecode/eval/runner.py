@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,9 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from svdecode import rundir
 from svdecode.benchmarks import TRUTHFULQA_MC
-from svdecode.calibration import CalibrationConfig, split_options
+from svdecode.calibration.config import CalibrationConfig, split_options
+from svdecode.calibration.objectives import (
+    ChoiceItem,
+    ItemMetric,
+)
 from svdecode.checks import UNIT_INTERVAL, check
 from svdecode.errors import InputError
 from svdecode.eval.compare import paired_comparisons
@@ -37,7 +39,8 @@ from svdecode.eval.report import results_markdown
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.tasks import get_task
 from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
-from svdecode.objectives import ChoiceItem, ItemMetric
+from svdecode.runs import rundir
+from svdecode.versions import HARNESS_DEPENDENCIES, dependency_versions
 
 log = logging.getLogger("svdecode")
 
@@ -48,24 +51,8 @@ SCHEMA = "svdecode.eval/1"
 
 
 def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in (
-        "svdecode",
-        "torch",
-        "transformers",
-        "peft",
-        "numpy",
-        "sacrebleu",
-        "rouge-score",
-        "matplotlib",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    """The library versions an evaluation records: the core's list plus the harness's metrics and plots."""
+    return {"platform": platform.platform(), **dependency_versions(HARNESS_DEPENDENCIES)}
 
 
 def run_eval(
@@ -92,7 +79,7 @@ def run_eval(
     else built with :func:`build_methods` from ``options.method_names`` and ``calib``
     (calibration pairs, shared or per task; they must not overlap the test ids). ``options``
     (:class:`~svdecode.eval.options.EvalOptions`): the methods, reference, limit, seed, batch
-    size, ...; ``calibration`` (:class:`~svdecode.calibration.CalibrationConfig`): how the
+    size, ...; ``calibration`` (:class:`~svdecode.calibration.config.CalibrationConfig`): how the
     calibrated methods are calibrated (objective, guard, folds, bins, alpha), judged on the
     calibration questions' own choices; its seed, batch size, max_length and progress are the
     run's. Keyword arguments set the fields of either by name (``seed=1``, ``folds=3``,
@@ -102,7 +89,7 @@ def run_eval(
     A calibration the model itself just ran with the same request (e.g. ``svdecode run``'s) is
     reused, not computed again.
     Rerunning with the same arguments resumes from the caches; the run manifest
-    (:mod:`svdecode.rundir`) records what the evaluation was asked, and a directory holding an
+    (:mod:`svdecode.runs.rundir`) records what the evaluation was asked, and a directory holding an
     evaluation asked for something else is refused unless ``overwrite=True`` (which replaces its
     results; per-item caches are reused only where their settings match).
     """

@@ -14,12 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from svdecode.calibration import CalibrationConfig, calibrate_streams, data_hash, result_key
+from svdecode.calibration.calibrate import calibrate_streams, result_key
+from svdecode.calibration.config import CalibrationConfig, data_hash
+from svdecode.calibration.objectives import (
+    ChoiceItem,
+    ChoiceStats,
+    ItemMetric,
+    choice_accuracy,
+)
+from svdecode.calibration.strength import DIRECTION_OF, TokenStats, nll, search_grid
 from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic
-from svdecode.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
-from svdecode.scoring import split_pairs
+from svdecode.model.scoring import split_pairs
 from svdecode.steering import ESTIMATORS
-from svdecode.strength import DIRECTION_OF, TokenStats, nll, search_grid
 
 log = logging.getLogger("svdecode")
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
+from svdecode.calibration.objectives import ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.errors import InputError
 from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
-from svdecode.objectives import ChoiceItem, ItemMetric, choice_accuracy
 
 if TYPE_CHECKING:
     import argparse

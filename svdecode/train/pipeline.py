@@ -2,7 +2,7 @@
 
 One output folder holds everything: the warm-started adapter with its tokenizer, split manifest
 and training log (written by :mod:`svdecode.train`), then ``steering_config.json`` with mu_bar
-and the calibration statistics, and the run manifest (:mod:`svdecode.rundir`) recording what
+and the calibration statistics, and the run manifest (:mod:`svdecode.runs.rundir`) recording what
 each stage was asked. A rerun reuses a finished stage only when it was asked the same; otherwise
 it stops, naming the difference, unless ``overwrite`` (which redoes every stage).
 """
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svdecode import rundir
-from svdecode.calibration import DEFAULT_ALPHA, CalibrationConfig, CalibrationResult, split_options
-from svdecode.calibration import calibration_request as core_request
+from svdecode.calibration.calibrate import CalibrationResult
+from svdecode.calibration.config import DEFAULT_ALPHA, CalibrationConfig, split_options
+from svdecode.calibration.config import calibration_request as core_request
+from svdecode.calibration.objectives import ChoiceItem, ItemMetric
 from svdecode.checks import (
     POSITIVE_INT,
     SEED,
@@ -26,12 +27,12 @@ from svdecode.checks import (
     check,
     check_model_source,
 )
-from svdecode.config import CONFIG_NAME
 from svdecode.data import Example, Splits, make_splits
 from svdecode.errors import InputError
-from svdecode.models import load_tokenizer, portable_base_name
-from svdecode.objectives import ChoiceItem, ItemMetric
-from svdecode.steered_model import SteeredModel
+from svdecode.model.config import CONFIG_NAME
+from svdecode.model.loading import load_tokenizer, portable_base_name
+from svdecode.model.steered_model import SteeredModel
+from svdecode.runs import rundir
 from svdecode.train.adapters import load_adapter
 from svdecode.train.checkpoints import (
     REUSE_IGNORED,
@@ -109,7 +110,7 @@ class SplitOptions:
 def calibration_request(
     splits: Splits, cal: CalibrationConfig, view: ChoiceView, adapter: str | None
 ) -> dict[str, Any]:
-    """What the calibration stage is asked (:func:`svdecode.calibration.calibration_request`):
+    """What the calibration stage is asked (:func:`svdecode.calibration.config.calibration_request`):
     its settings and choice items, the calibration split, alpha and the adapter (by content hash)."""
     data = {"n": len(splits.calib), "ids_sha256": splits.manifest["sha256"]["calib"]}
     return core_request(cal, data, adapter, *view, alpha=cal.alpha, method="svdecode")
@@ -134,7 +135,7 @@ def run_pipeline(
 
     ``splits`` (:class:`SplitOptions`): the split sizes, seed and the pool's name; without
     ``n_train`` everything not in the calibration/test splits is trained on. ``calibration``
-    (:class:`~svdecode.calibration.CalibrationConfig`): how the strength is calibrated (its
+    (:class:`~svdecode.calibration.config.CalibrationConfig`): how the strength is calibrated (its
     ``alpha``, default 0.1, is the saved model's mask); keyword arguments set the fields of
     either by name (``n_calib=64``, ``objective="nll"``; ``seed`` sets both). ``choices`` maps
     the calibration examples to their multiple-choice view and task metric (e.g.
