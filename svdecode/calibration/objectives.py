@@ -38,13 +38,15 @@ from svdecode.steering import ESTIMATORS
 
 # every objective whose fit is one scalar strength (the ``--objective`` names that force one)
 OBJECTIVES = ("choice", "nll", "task", *ESTIMATORS)
-SELECT = (
-    "auto"  # the default: choose among the candidates by cross-validation (svdecode.calibration.selection)
-)
+SELECT = "auto"  # the default: choose among the candidates (svdecode.calibration.selection)
 DEFAULT_OBJECTIVE = SELECT
 CHOOSABLE = (SELECT, *OBJECTIVES)
 BINNED, OFF = "binned", "off"  # the confidence-binned NLL fit; steering off
 APPLIED = (*OBJECTIVES, BINNED, OFF)  # what an artifact's "objective" may say was applied
+# The calibration defaults (:class:`svdecode.calibration.config.CalibrationConfig` carries them).
+DEFAULT_FOLDS = 5  # the cross-validation folds of the selection and the guard
+DEFAULT_BINS = 3  # confidence bins of the binned strength (0 or 1: off)
+DEFAULT_TRIM = 0.1  # the trimmed mean's trimmed fraction
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,10 @@ def minimise_choice(
 
 
 def fit_all(
-    stats: TokenStats, choices: ChoiceStats | None, which: Sequence[int] | None = None, trim: float = 0.1
+    stats: TokenStats,
+    choices: ChoiceStats | None,
+    which: Sequence[int] | None = None,
+    trim: float = DEFAULT_TRIM,
 ) -> dict[str, float]:
     """The strength every objective picks from ``stats`` (and the choice items ``which``); the
     searches of ``choice`` and ``task`` are anchored at the others' strengths, so they always

@@ -33,6 +33,9 @@ import torch
 from svdecode.calibration.objectives import (
     BINNED,
     CHOOSABLE,
+    DEFAULT_BINS,
+    DEFAULT_FOLDS,
+    DEFAULT_TRIM,
     OBJECTIVES,
     OFF,
     SELECT,
@@ -208,10 +211,10 @@ def choose_strength(
     choices: ChoiceStats | None = None,
     objective: str = SELECT,
     guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
+    folds: int = DEFAULT_FOLDS,
+    bins: int = DEFAULT_BINS,
     seed: int = 0,
-    trim: float = 0.1,
+    trim: float = DEFAULT_TRIM,
 ) -> StrengthChoice:
     """Fit every candidate on all of the calibration data, cross-validate them, choose (or take the
     forced ``objective``), judge the procedure, and decide (module docstring).
