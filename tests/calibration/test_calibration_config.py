@@ -70,7 +70,7 @@ def test_config_defaults_overrides_and_unknown_names():
     with pytest.raises(InputError, match="folds"):
         CalibrationConfig(folds=1).validate()
     assert CalibrationConfig(seed=4).record() == {
-        "objective": "nll", "guard": True, "folds": 5, "bins": 3, "seed": 4,
+        "objective": "auto", "guard": True, "folds": 5, "bins": 3, "seed": 4,
     }  # fmt: skip
 
 
