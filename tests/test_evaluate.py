@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import math
@@ -160,7 +161,7 @@ def test_build_methods_calibrates_each_variant(model):
     # beta of logit arithmetic: same calibration, logit-difference direction (as SteeredModel.calibrate)
     saved = model.steering
     try:
-        model.steering = ev.MethodSpec("x", "logit_arithmetic").steering_config(saved)
+        model.steering = dataclasses.replace(saved, method="logit_arithmetic")
         beta = model.calibrate(CALIB, progress=False).mu
     finally:
         model.steering = saved
@@ -229,8 +230,7 @@ def test_mc_shared_logits_equal_per_method_score(model):
     for spec in ms:
         if spec.name not in names:
             continue
-        with ev.using_method(model, spec, scoring=True):
-            toks = model.score(prompts, answers, batch_size=5)
+        toks = model.score(prompts, answers, batch_size=5, steering=spec.steerer(scoring=True))
         expected = {own: float(t.double().sum()) for own, t in zip(owners, toks, strict=True)}
         per_method[spec.name] = expected
         for it, rec in zip(MC_ITEMS, res["items"][spec.name], strict=True):
@@ -286,8 +286,9 @@ def test_commonsense_generation_matches_model_paths(model):
     for spec in ms:
         # steered generation through SteeredModel; base/peft through the plain PEFT model, which
         # must give what the steered wrapper gives with method "base"/"adapted"
-        with ev.using_method(model, spec):
-            want = model.generate_text(prompts, batch_size=2, max_new_tokens=6, do_sample=False)
+        want = model.generate_text(
+            prompts, batch_size=2, max_new_tokens=6, do_sample=False, steering=spec.steerer()
+        )
         recs = res["items"][spec.name]
         assert [r["output"] for r in recs] == want
         assert [r["id"] for r in recs] == [ex.id for ex in CS_EXAMPLES]

@@ -26,8 +26,9 @@ from transformers import AutoModelForCausalLM
 
 from svdecode import steering
 from svdecode.integrations.server.app import ServerSettings, create_app
-from svdecode.integrations.server.engine import RowSteering, RowTracker, _held_back, combine_rows, load_model
+from svdecode.integrations.server.engine import RowTracker, _held_back, load_model
 from svdecode.steered_model import SteeredModel
+from svdecode.steerer import BatchSteerer, Steerer, StrengthBins
 
 MU = -4.0  # the saved (calibrated) mu of the test model
 CHAT_TEMPLATE = (
@@ -132,7 +133,7 @@ def library_text(steered_dir, prompt: str, max_tokens: int, **steering_kwargs) -
     return ref.generate_text([prompt], max_new_tokens=max_tokens, do_sample=False)[0]
 
 
-def scalar_combine(a: torch.Tensor, b: torch.Tensor, r: RowSteering) -> torch.Tensor:
+def scalar_combine(a: torch.Tensor, b: torch.Tensor, r: Steerer) -> torch.Tensor:
     """One row through the core steering functions with scalar settings."""
     if r.method == "svdecode":
         return steering.steer_logits(a, b, r.mu, alpha=r.alpha, lam=r.lam)
@@ -146,33 +147,33 @@ def test_combine_rows_equals_the_scalar_combine_of_each_row():
     gen = torch.Generator().manual_seed(0)
     z_phi, z_theta = (torch.randn(6, 1, 50, generator=gen) * 3 for _ in range(2))
     rows = [
-        RowSteering("svdecode", -4.0, 0.1, float("-inf")),
-        RowSteering("svdecode", 2.5, 0.1, float("-inf")),
-        RowSteering("adapted", 0.0, 0.1, float("-inf")),
-        RowSteering("base", 0.0, 0.1, float("-inf")),
-        RowSteering("svdecode", -1.0, 0.3, None),
-        RowSteering("logit_arithmetic", 0.5, 0.1, float("-inf")),
+        Steerer("svdecode", -4.0, 0.1, float("-inf")),
+        Steerer("svdecode", 2.5, 0.1, float("-inf")),
+        Steerer("adapted", 0.0, 0.1, float("-inf")),
+        Steerer("base", 0.0, 0.1, float("-inf")),
+        Steerer("svdecode", -1.0, 0.3, None),
+        Steerer("logit_arithmetic", 0.5, 0.1, float("-inf")),
     ]
-    got = combine_rows(z_phi, z_theta, rows)
+    got = BatchSteerer(rows)(z_phi, z_theta)
     for i, r in enumerate(rows):
         want = scalar_combine(z_phi[i : i + 1], z_theta[i : i + 1], r)
         torch.testing.assert_close(got[i : i + 1], want, rtol=0, atol=1e-6)
     assert torch.isinf(got[0]).any() and torch.isfinite(got[4]).all()  # lam -inf vs the scoring mode
     same = [rows[0]] * 6
-    assert torch.equal(combine_rows(z_phi, z_theta, same), steering.steer_logits(z_phi, z_theta, -4.0))
+    assert torch.equal(BatchSteerer(same)(z_phi, z_theta), steering.steer_logits(z_phi, z_theta, -4.0))
     with pytest.raises(ValueError, match="2 row settings for a batch of 6"):
-        combine_rows(z_phi, z_theta, rows[:2])
+        BatchSteerer(rows[:2])(z_phi, z_theta)
 
 
 def test_combine_rows_applies_calibrated_binned_strengths_per_row():
     gen = torch.Generator().manual_seed(1)
     z_phi, z_theta = (torch.randn(4, 1, 50, generator=gen) * 3 for _ in range(2))
-    bins = ((-2.0,), (-3.0, 1.5))
+    bins = StrengthBins((-2.0,), (-3.0, 1.5))
     rows = [
-        RowSteering("svdecode", 0.0, 0.1, float("-inf"), bins),
-        RowSteering("svdecode", -4.0, 0.1, float("-inf")),
+        Steerer("svdecode", 0.0, 0.1, float("-inf"), bins),
+        Steerer("svdecode", -4.0, 0.1, float("-inf")),
     ] * 2
-    got = combine_rows(z_phi, z_theta, rows)
+    got = BatchSteerer(rows)(z_phi, z_theta)
     obs = torch.log_softmax(z_phi[0::2], -1).amax(-1, keepdim=True)
     mu = torch.where(obs >= -2.0, torch.tensor(1.5), torch.tensor(-3.0))
     torch.testing.assert_close(

@@ -58,7 +58,6 @@ from svdecode.eval.methods import (
     build_methods,
     expand_method_names,
     known_method_names,
-    using_method,
 )
 from svdecode.eval.runner import SCHEMA, TASKS, load_results, run_eval, write_results
 from svdecode.eval.strengths import model_fingerprint
@@ -101,6 +100,5 @@ __all__ = [
     "paired_comparisons",
     "run_eval",
     "tqa_gen_metrics",
-    "using_method",
     "write_results",
 ]
