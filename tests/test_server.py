@@ -231,6 +231,35 @@ def test_steered_plain_and_base_differ_where_they_should(client):
     assert text("svdecode", mu=-20.0) != steered
 
 
+def test_a_request_strength_stays_in_its_request(client, model):
+    """Rows with their own mu share batches with default rows: each gets its own text, and the
+    served model's steerer is unchanged afterwards (a leaked per-request steerer would show)."""
+    own = model.steerer
+
+    def text(**extra):
+        r = client.completions.create(
+            model="svdecode", prompt=PROMPT, max_tokens=8, temperature=0, extra_body=extra
+        )
+        return r.choices[0].text
+
+    default, custom = text(), text(mu=-20.0)
+    assert default != custom
+    extras = [{"mu": -20.0} if i % 2 else {} for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        texts = list(pool.map(lambda extra: text(**extra), extras))
+    assert texts == [custom if extra else default for extra in extras]
+    assert model.steerer == own and text() == default
+
+
+def test_a_strength_fp32_cannot_steer_with_is_a_400_naming_mu(served):
+    body = {"model": "svdecode", "prompt": "x", "mu": 1e300}  # finite, but not in fp32
+    r = httpx.post(
+        served[0] + "/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mu", r.text
+    assert "magnitude at most 1e+30" in r.json()["error"]["message"]
+
+
 def test_chat_and_streaming_reassemble_to_the_non_streamed_text(client):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPT}]
     full = client.chat.completions.create(model="svdecode", messages=messages, max_tokens=12, temperature=0)
