@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "svdecode"
 CORE = {
     "svdecode",
     "svdecode.steering",
+    "svdecode.steerer",
     "svdecode.strength",
     "svdecode.objectives",
     "svdecode.streams",
