@@ -38,9 +38,7 @@ NEG_INF = float("-inf")
 
 # A rule's function: (z_phi, z_theta, mu, alpha, lam) -> fp32 logits of z_phi's shape; mu is a float
 # or a tensor broadcastable to [..., 1] (per-row or per-bin strengths).
-CombineFn = Callable[
-    [torch.Tensor, torch.Tensor, "float | torch.Tensor", float, "float | None"], torch.Tensor
-]
+CombineFn = Callable[[torch.Tensor, torch.Tensor, float | torch.Tensor, float, float | None], torch.Tensor]
 
 
 class SteeringError(SvdecodeError, ValueError):
