@@ -22,7 +22,6 @@ import torch
 
 from svdecode import steering
 from svdecode.errors import SvdecodeError
-from svdecode.strength import binned_strength
 
 __all__ = [
     "RULES",
@@ -133,8 +132,11 @@ class StrengthBins:
         object.__setattr__(self, "mu", mus)
 
     def strength(self, z_phi: torch.Tensor) -> torch.Tensor:
-        """Per-row strengths [..., 1] for these logits."""
-        return binned_strength(z_phi, {"edges": self.edges, "mu": self.mu})
+        """Per-row strengths [..., 1]: the bin of each row's log max p_phi."""
+        obs = torch.log_softmax(z_phi.float(), dim=-1).amax(-1)
+        mus = torch.as_tensor(self.mu, dtype=torch.float32, device=obs.device)
+        edges = torch.as_tensor(self.edges, dtype=torch.float32, device=obs.device)
+        return mus[torch.bucketize(obs, edges, right=True)].unsqueeze(-1)
 
     def to_json(self) -> dict[str, Any]:
         return {"observable": self.OBSERVABLE, "edges": list(self.edges), "mu": list(self.mu)}
