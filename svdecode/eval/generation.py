@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from svdecode.errors import InputError
 from svdecode.eval.methods import GREEDY, MethodSpec
-from svdecode.scoring import batches
+from svdecode.model.scoring import batches
 
 log = logging.getLogger("svdecode")
 

@@ -31,8 +31,8 @@ from svdecode.integrations.server.schemas import (
     CompletionRequest,
     describe_validation_error,
 )
-from svdecode.steered_model import SteeredModel
-from svdecode.steerer import Steerer, SteeringError
+from svdecode.model.steered_model import SteeredModel
+from svdecode.steering import Steerer, SteeringError
 
 log = logging.getLogger("svdecode.server")
 

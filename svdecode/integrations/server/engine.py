@@ -1,11 +1,11 @@
 """Generation for the server: rows of different requests in one ``generate()`` call.
 
 A micro-batch mixes requests: each row (one choice of one prompt) has its own steering (a
-:class:`~svdecode.steerer.Steerer`: steered, plain adapter or base; mu; alpha), sampling
+:class:`~svdecode.steering.Steerer`: steered, plain adapter or base; mu; alpha), sampling
 (temperature, top_p, seed), ``max_tokens`` and stop strings. ``SteeredModel.generate()`` takes one
 setting of each for the whole batch, so per-row objects make them per row:
 
-* :class:`~svdecode.steerer.BatchSteerer` -- the rows' steerers, passed to ``generate(steering=...)``;
+* :class:`~svdecode.steering.BatchSteerer` -- the rows' steerers, passed to ``generate(steering=...)``;
 * :class:`RowSampler` -- a ``LogitsProcessor`` that samples each row with its own temperature,
   top-p and ``torch.Generator`` and leaves only the drawn token for the greedy step;
 * :class:`RowTracker` -- a ``StoppingCriteria`` that ends rows one by one (EOS, stop string,
@@ -33,10 +33,10 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from svdecode.config import CONFIG_NAME
-from svdecode.models import load_peft, load_tokenizer
-from svdecode.steered_model import SteeredModel
-from svdecode.steerer import BatchSteerer, Steerer
+from svdecode.model.config import CONFIG_NAME
+from svdecode.model.loading import load_peft, load_tokenizer
+from svdecode.model.steered_model import SteeredModel
+from svdecode.steering import BatchSteerer, Steerer
 
 log = logging.getLogger("svdecode.server")
 
