@@ -227,6 +227,16 @@ def test_a_new_rule_is_one_registry_entry():
     assert set(RULES) == set(METHODS) == {"svdecode", "prob_space", "logit_arithmetic", "adapted", "base"}
 
 
+def test_the_command_line_offers_every_rule():
+    """The parser stays light (no torch), so it lists the rules itself; it must list them all."""
+    from svdecode.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["generate"]
+    (method,) = [a for a in sub._actions if a.dest == "method"]
+    assert tuple(method.choices) == tuple(RULES)
+
+
 def test_a_steerer_for_one_call_leaves_the_model_unchanged(tokenizer):
     """score/generate_text with steering= use it for that call only; a leak would change the
     model's steerer or its next default output."""

@@ -114,7 +114,7 @@ class OpenAIServer:
                 "model",
                 "model_not_found",
             )
-        if variant.method in ("adapted", "base"):
+        if not variant.rule.strength:  # the plain adapter and the base model
             for field in ("mu", "alpha"):
                 if getattr(body, field) is not None:
                     raise APIError(
