@@ -23,7 +23,8 @@ from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBa
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from svdecode.calibration.calibrate import CalibrationResult, calibrate_streams
-from svdecode.calibration.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.calibration.config import CalibrationConfig
+from svdecode.calibration.objectives import ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.checks import (
     POSITIVE_INT,
     Rule,
@@ -99,6 +100,9 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         # The content hash of the adapter folder this model was loaded from (rundir.adapter_digest):
         # save_pretrained writes only the steering settings into a folder that already holds it.
         self.adapter_digest: str | None = None
+        # The calibration that set the current strength (in this process), for reuse by an
+        # evaluation asked the same calibration (svdecode.eval.strengths.Calibrator).
+        self.last_calibration: CalibrationResult | None = None
         gen_cfg = getattr(streams.modules[0], "generation_config", None)
         if gen_cfg is not None:
             self.generation_config = copy.deepcopy(gen_cfg)
@@ -439,57 +443,46 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     def calibrate(
         self,
         pairs: Sequence[Any],
-        objective: str = DEFAULT_OBJECTIVE,
-        batch_size: int = 8,
-        trim: float = 0.1,
-        max_length: int | None = None,
-        progress: bool = True,
+        calibration: CalibrationConfig | None = None,
         *,
-        estimator: str | None = None,
         choices: Sequence[ChoiceItem] | None = None,
         choice_metric: ItemMetric = choice_accuracy,
-        guard: bool = True,
-        folds: int = 5,
-        bins: int = 3,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> CalibrationResult:
         """Calibrate the strength on labelled pairs: ``(prompt, answer)`` tuples or objects with
         ``.prompt``/``.answer`` (and ``.id``, e.g. :class:`svdecode.data.Example`).
 
-        ``objective``: "nll" (exact minimiser of the steered NLL, default), "task" (best task metric
-        on ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the
-        old name of this argument). Every objective is computed and recorded; ``guard`` (k-fold
-        cross-validation, ``folds``) turns steering off when the chosen one does not beat mu = 0
-        on held-out data; ``bins`` > 1 also fits strengths per confidence bin, kept only if
-        cross-validation prefers them. Sets ``steering.mu`` (and ``steering.mu_bins``).
+        How: ``calibration`` (:class:`~svdecode.calibration.config.CalibrationConfig`, default: its
+        defaults) with any of its fields given as keywords overriding it, as ``generate`` takes a
+        ``GenerationConfig`` -- e.g. ``calibrate(pairs, objective="nll", folds=3)``. ``objective``:
+        "nll" (exact minimiser of the steered NLL, default), "task" (best task metric on
+        ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the old
+        name). Every objective is computed and recorded; ``guard`` (k-fold cross-validation,
+        ``folds``) turns steering off when the chosen one does not beat mu = 0 on held-out data;
+        ``bins`` > 1 also fits strengths per confidence bin, kept only if cross-validation prefers
+        them; ``alpha`` (when given) becomes the steering's mask. Sets ``steering.mu`` (and
+        ``steering.mu_bins``); the result is kept as ``last_calibration``.
         """
-        if estimator is not None:
-            objective = estimator
+        cfg = CalibrationConfig.resolve(calibration, kwargs).validate()
         prompts, answers = split_pairs(pairs)
-        self._check_pairs(prompts, answers, max_length, batch_size, trim)
+        self._check_pairs(prompts, answers, cfg.max_length, cfg.batch_size, cfg.trim)
+        if cfg.alpha is not None:
+            self.steering.override(alpha=cfg.alpha)
         ids = [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]
         result = calibrate_streams(
             self.streams,
             self._require_tokenizer(),
             prompts,
             answers,
-            alpha=self.steering.alpha,
-            objective=objective,
+            cfg.replace(alpha=self.steering.alpha),
             method=self.steering.method,
-            batch_size=batch_size,
-            trim=trim,
-            max_length=max_length,
-            progress=progress,
             ids=ids,
             choices=choices,
             choice_metric=choice_metric,
-            guard=guard,
-            folds=folds,
-            bins=bins,
-            seed=seed,
         )
         self.steering.mu = result.mu
-        self.steering.objective = objective
+        self.steering.objective = cfg.objective
         self.steering.mu_bins = result.mu_bins
         self.steering.calibration = result.stats
+        self.last_calibration = result
         return result
