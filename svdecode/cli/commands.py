@@ -174,7 +174,8 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
                 f"± {c['se']:.3g}  score {c['score']:+.4g}{mark}"
             )
         lines.append(
-            f"  decision: {sel['chosen']}; nested gain {sel['nested_gain']:+.4g} ± {sel['nested_se']:.3g}"
+            f"  decision: chosen {sel['chosen']}; nested gain {sel['nested_gain']:+.4g} ± {sel['nested_se']:.3g}; "
+            f"applied: {sel.get('applied', sel['chosen'])}"
         )
     if guard.get("passed") is False:
         lines.append(f"steering off: calibration found no gain ({guard.get('reason')})")

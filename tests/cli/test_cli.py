@@ -74,7 +74,9 @@ def test_run_then_generate_calibrate_and_skip(base_dir, data_file, tmp_path, cap
     assert main([*cal, "--out", str(out)]) == 2  # another calibration is recorded there
     assert "holds a calibration asked for something else" in capsys.readouterr().err
     assert main([*cal, "--out", str(out), "--overwrite"]) == 0
-    assert "mu_bar = " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mu_bar = " in printed and "decision: chosen median" in printed  # one line per candidate too
+    assert all(f"  {c:8s} mu = " in printed for c in ("nll", "mean", "median", "trimmed", "pooled"))
     recal = json.loads((out / CONFIG_NAME).read_text())
     assert recal["calibration"]["selection"]["chosen"] == "median"  # --estimator: the old name of --objective
     assert recal["objective"] in ("median", "off") and recal["calibration"]["n_examples"] == 6
