@@ -1,11 +1,12 @@
-"""Per-request steering inside vLLM: a v1 custom logits processor.
+"""Per-request steering inside vLLM: a v1 custom logits processor that tracks each row's settings.
 
-The steered model's ``compute_logits`` already returns the served settings' steered logits. A
-request that carries ``SamplingParams(extra_args={"svdecode": {...}})`` -- ``method``
-(``svdecode`` / ``adapted`` / ``base``), ``mu``, ``alpha`` -- gets its row recomputed here from
-the same step's two logit tensors (:attr:`SVDecodeSteeredLlamaForCausalLM.last`), through the same
-:func:`~svdecode.integrations.vllm.steer.combine_rows`. Rows are the persistent batch's indices,
-kept in step with vLLM's add / remove / move bookkeeping (:class:`BatchUpdate`).
+A request may carry ``SamplingParams(extra_args={"svdecode": {...}})``: ``method`` (``svdecode`` /
+``adapted`` / ``base``), ``mu``, ``alpha``. This processor follows vLLM's persistent batch (its
+add / remove / move bookkeeping, :class:`BatchUpdate`, delivered before every forward pass) and
+keeps the settings of every row that differs from the served ones. The steered model's
+``compute_logits`` asks it for the rows' settings (:func:`row_settings`), so the logits vLLM
+samples from -- and the log-probs it reports -- are already each request's own; ``apply`` has
+nothing left to do.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from vllm import SamplingParams
 from vllm.config import VllmConfig
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from svdecode.integrations.vllm.model import active_model
-from svdecode.integrations.vllm.steer import METHODS, RowSettings, combine_rows
+from svdecode.integrations.vllm.steer import METHODS, RowSettings
 
 KEY = "svdecode"  # the SamplingParams.extra_args entry
 
@@ -30,13 +30,15 @@ def request_overrides(params: SamplingParams) -> dict[str, Any] | None:
 
 
 class RequestSteering(LogitsProcessor):
-    """Re-steers the rows whose request asked for its own method, mu or alpha."""
+    """Tracks the rows whose request asked for its own method, mu or alpha."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         extra = request_overrides(sampling_params)
         if extra is None:
             return
+        if sampling_params.prompt_logprobs:
+            raise ValueError(f"prompt_logprobs use the served steering; drop extra_args['{KEY}'] to ask for them")
         unknown = set(extra) - {"method", "mu", "alpha"}
         if unknown:
             raise ValueError(f"extra_args['{KEY}']: unknown field(s) {sorted(unknown)}")
@@ -52,6 +54,9 @@ class RequestSteering(LogitsProcessor):
         served = getattr(vllm_config.model_config.hf_config, "svdecode", None)
         self.default = RowSettings.from_config(served) if isinstance(served, dict) else None
         self.rows: dict[int, RowSettings] = {}  # batch index -> settings, only where they differ
+        self.batch_size = 0
+        global _ACTIVE
+        _ACTIVE = self
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token greedy decoding picks
@@ -59,6 +64,7 @@ class RequestSteering(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is None or self.default is None:
             return
+        self.batch_size = batch_update.batch_size
         for index in batch_update.removed:
             self.rows.pop(index, None)
         for index, params, _, _ in batch_update.added:
@@ -75,15 +81,21 @@ class RequestSteering(LogitsProcessor):
                 self.rows[a] = rb
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.rows:
-            return logits
-        z_phi, z_theta = active_model().last
-        if z_phi.shape[0] != logits.shape[0]:
-            raise RuntimeError(
-                f"svdecode: {logits.shape[0]} logit rows to sample but the model computed {z_phi.shape[0]}; "
-                "per-request steering needs one row per request (no speculative decoding)"
-            )
-        idx = sorted(i for i in self.rows if i < logits.shape[0])
-        sel = torch.tensor(idx, device=logits.device)
-        logits[sel] = combine_rows(z_phi[sel], z_theta[sel], [self.rows[i] for i in idx]).to(logits.dtype)
-        return logits
+        return logits  # compute_logits already used row_settings()
+
+    def settings_for(self, n_rows: int, served: RowSettings) -> list[RowSettings]:
+        # Sampling has one row per request of the batch. Other calls (prompt log-probs, which
+        # validate_params allows only for requests without their own settings) get the served ones.
+        if n_rows != self.batch_size:
+            return [served] * n_rows
+        return [self.rows.get(i, served) for i in range(n_rows)]
+
+
+_ACTIVE: RequestSteering | None = None  # this worker's processor, if the engine was given one
+
+
+def row_settings(n_rows: int, served: RowSettings) -> list[RowSettings]:
+    """Each logit row's settings: the served ones, or its request's (when the processor runs)."""
+    if _ACTIVE is None:
+        return [served] * n_rows
+    return _ACTIVE.settings_for(n_rows, served)

@@ -10,9 +10,8 @@ Weights the adapter does not touch are shared between the two decoders after loa
 ``forward`` returns both streams' hidden states side by side (``[tokens, 2 * hidden]``) so that
 vLLM's own row selection (``hidden_states[logits_indices]``) keeps them paired; ``compute_logits``
 splits them, computes z_phi and z_theta with each decoder's head and returns the steered fp32
-logits of the served settings (:mod:`svdecode.integrations.vllm.steer`). Requests that ask for
-other settings are re-steered by :class:`~svdecode.integrations.vllm.logits.RequestSteering` from
-the two logit tensors kept in :attr:`last`.
+logits (:mod:`svdecode.integrations.vllm.steer`), each row with its request's settings as
+:class:`~svdecode.integrations.vllm.logits.RequestSteering` tracks them (the served ones without it).
 
 Not supported: pipeline parallelism (the hidden-state pairing assumes one stage), quantized
 checkpoints, vLLM's own LoRA (``enable_lora``) on this class.
@@ -20,7 +19,6 @@ checkpoints, vLLM's own LoRA (``enable_lora``) on this class.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 
 import torch
@@ -29,17 +27,9 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.utils import maybe_prefix
 
+from svdecode.integrations.vllm.logits import row_settings
 from svdecode.integrations.vllm.lora import adapted_params, lora_deltas, merge_into
 from svdecode.integrations.vllm.steer import RowSettings, combine_rows
-
-_ACTIVE: weakref.ref | None = None  # the model instance of this worker process
-
-
-def active_model() -> SVDecodeSteeredLlamaForCausalLM:
-    model = _ACTIVE() if _ACTIVE is not None else None
-    if model is None:
-        raise RuntimeError("no svdecode steered model is loaded in this vLLM worker")
-    return model
 
 
 class SVDecodeSteeredLlamaForCausalLM(nn.Module):
@@ -47,7 +37,6 @@ class SVDecodeSteeredLlamaForCausalLM(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        global _ACTIVE
         config = vllm_config.model_config.hf_config
         served = getattr(config, "svdecode", None)
         if not isinstance(served, dict) or "adapter" not in served:
@@ -60,9 +49,6 @@ class SVDecodeSteeredLlamaForCausalLM(nn.Module):
         self.adapted = LlamaForCausalLM(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "adapted"))
         self.base = LlamaForCausalLM(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "base"))
         self.make_empty_intermediate_tensors = self.adapted.make_empty_intermediate_tensors
-        # (z_phi, z_theta) of the latest compute_logits, for the per-request logits processor
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
-        _ACTIVE = weakref.ref(self)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.adapted.embed_input_ids(input_ids)
@@ -86,8 +72,7 @@ class SVDecodeSteeredLlamaForCausalLM(nn.Module):
         z_theta = self.base.compute_logits(h_theta)
         if z_phi is None:  # a tensor-parallel rank other than the one that samples
             return None
-        self.last = (z_phi, z_theta)
-        return combine_rows(z_phi, z_theta, [self.settings] * z_phi.shape[0])
+        return combine_rows(z_phi, z_theta, row_settings(z_phi.shape[0], self.settings))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         weights = list(weights)  # both decoders read the checkpoint (tensors are not copied)
