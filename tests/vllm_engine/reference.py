@@ -1,6 +1,6 @@
 """Greedy reference decodes from svdecode's own ``SteeredModel.generate`` (run in the main venv).
 
-Usage: python tests/vllm/reference.py STEERED_DIR SPEC_JSON > out.json, where SPEC_JSON is
+Usage: python tests/vllm_engine/reference.py STEERED_DIR SPEC_JSON > out.json, where SPEC_JSON is
 ``{"prompts": [...], "max_tokens": N, "settings": [{"method": ..., "mu": ...}, ...]}``. Prints
 ``{"prompt_ids": [[...]], "runs": [[{"tokens": [...], "logprobs": [...]}, ...], ...]}``: per
 setting and prompt the greedy tokens and the steered log-probability of each chosen token (the

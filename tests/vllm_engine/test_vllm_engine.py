@@ -3,7 +3,7 @@
 Needs the vLLM environment (.venv-vllm, scripts/setup_vllm.sh) and a calibrated LoRA adapter for
 the default model ($SVDECODE_VLLM_ADAPTER). The reference decodes come from
 ``SteeredModel.generate`` in the main environment ($SVDECODE_REF_PYTHON, default .venv/bin/python:
-the supported transformers, where vLLM's pins an older one), through tests/vllm/reference.py.
+the supported transformers, where vLLM's pins an older one), through tests/vllm_engine/reference.py.
 One vLLM engine start and one reference run serve the whole module (each takes minutes here).
 """
 
@@ -54,7 +54,7 @@ def reference(adapter: Path) -> dict:
     python = os.environ.get("SVDECODE_REF_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
     spec = {"prompts": PROMPTS, "max_tokens": MAX_TOKENS, "settings": list(SETTINGS.values())}
     proc = subprocess.run(
-        [python, str(ROOT / "tests" / "vllm" / "reference.py"), str(adapter), json.dumps(spec)],
+        [python, str(ROOT / "tests" / "vllm_engine" / "reference.py"), str(adapter), json.dumps(spec)],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

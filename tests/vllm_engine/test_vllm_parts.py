@@ -1,5 +1,5 @@
 """The vLLM engine's parts that need no vLLM (they run in the main suite): the LoRA merge, the
-per-row steering and the serving folder. The engine itself: tests/vllm/test_vllm_engine.py."""
+per-row steering and the serving folder. The engine itself: tests/vllm_engine/test_vllm_engine.py."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_model
 from peft import LoraConfig, get_peft_model
 
 from svdecode.errors import ModelLoadError
@@ -15,7 +16,6 @@ from svdecode.integrations.vllm.prepare import prepare
 from svdecode.integrations.vllm.steer import RowSettings, combine_rows
 from svdecode.steering import steer_logits
 from svdecode.strength import binned_strength
-from conftest import make_model
 
 
 @pytest.fixture()
