@@ -84,6 +84,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--kv-cache-mib", type=int, default=1024)
+    p.add_argument(
+        "--load-format", default="auto", help="vLLM's; 'dummy' = random weights (a config + tokenizer folder will do)"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -98,6 +101,7 @@ def main() -> None:
         "max_num_seqs": max(levels),
         "kv_cache_memory_bytes": args.kv_cache_mib << 20,
         "enforce_eager": True,
+        "load_format": args.load_format,
     }
     if torch.cuda.is_available():  # GPU: CUDA graphs and vLLM's own memory sizing
         common.pop("kv_cache_memory_bytes")

@@ -15,4 +15,5 @@ if [ ! -f "$adapter/steering_config.json" ]; then
   .venv/bin/svdecode calibrate --adapter "$adapter" --data commonsense:boolq --limit 16 --out "$adapter"
 fi
 export SVDECODE_VLLM_ADAPTER=$adapter SVDECODE_REF_PYTHON=${SVDECODE_REF_PYTHON:-$PWD/.venv/bin/python}
-.venv-vllm/bin/python -m pytest -q -p no:cacheprovider -m "" tests/vllm_engine "$@"
+.venv-vllm/bin/python -m pytest -q -p no:cacheprovider -m "" tests/vllm_engine/test_vllm_engine.py \
+  tests/vllm_engine/test_vllm_serve.py "$@"

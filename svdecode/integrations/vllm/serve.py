@@ -113,29 +113,33 @@ class VLLMRunner:
         )
         rid = f"svdecode-{uuid.uuid4().hex}"
         self._rids.add(rid)
-        n_tokens, finish = 0, None
+        state = {"tokens": 0, "finish": None}
+
+        async def consume() -> None:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, rid):
+                if req.cancelled.is_set():
+                    await self.llm.abort(rid)
+                    state["finish"] = "cancelled"
+                    return
+                choice = out.outputs[0]
+                state["tokens"] += len(choice.token_ids)
+                if choice.text:
+                    req.sink(("delta", index, choice.text))
+                state["finish"] = choice.finish_reason or state["finish"]
+
         try:
-            async with asyncio.timeout(max(0.0, req.deadline - time.monotonic())):
-                async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, rid):
-                    if req.cancelled.is_set():
-                        await self.llm.abort(rid)
-                        finish = "cancelled"
-                        break
-                    choice = out.outputs[0]
-                    n_tokens += len(choice.token_ids)
-                    if choice.text:
-                        req.sink(("delta", index, choice.text))
-                    finish = choice.finish_reason or finish
-        except TimeoutError:
+            await asyncio.wait_for(consume(), max(0.0, req.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
             await self.llm.abort(rid)
-            finish = "timeout"
+            state["finish"] = "timeout"
         except Exception as err:  # one request's failure must not take the server down
             log.exception("vLLM generation failed")
             req.sink(("error", f"generation failed: {type(err).__name__}: {err}"))
             return
         finally:
             self._rids.discard(rid)
-        req.sink(("done", index, "length" if finish == "length" else finish or "stop", n_tokens))
+        finish = state["finish"]
+        req.sink(("done", index, "length" if finish == "length" else finish or "stop", state["tokens"]))
 
     async def stop(self, timeout: float) -> None:
         """Refuse new requests, let in-flight ones finish for up to ``timeout`` s, then abort."""
