@@ -125,6 +125,8 @@ class VLLMRunner:
                 state["tokens"] += len(choice.token_ids)
                 if choice.text:
                     req.sink(("delta", index, choice.text))
+                if choice.finish_reason == "stop" and choice.stop_reason is None:
+                    state["tokens"] -= 1  # vLLM counts the EOS token; the default engine does not
                 state["finish"] = choice.finish_reason or state["finish"]
 
         try:
