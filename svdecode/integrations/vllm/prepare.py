@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.errors import ModelLoadError
 from svdecode.integrations.vllm.lora import read_config
 from svdecode.integrations.vllm.steer import METHODS
-from svdecode.models import cache_dir, resolve_model_path
+from svdecode.model.config import CONFIG_NAME, SteeringConfig
+from svdecode.model.loading import cache_dir, resolve_model_path
 
 ARCHITECTURES = {"LlamaForCausalLM": "SVDecodeSteeredLlamaForCausalLM"}
 SKIP = {"config.json", "svdecode_source.json"}

@@ -26,13 +26,13 @@ from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.integrations.server.batcher import QueueFullError, ShuttingDownError
 from svdecode.integrations.server.engine import SEED_MASK, GenRequest, RowSteering
 from svdecode.integrations.vllm.logits import KEY, RequestSteering
 from svdecode.integrations.vllm.plugin import register
 from svdecode.integrations.vllm.prepare import prepare
-from svdecode.models import load_tokenizer
+from svdecode.model.config import CONFIG_NAME, SteeringConfig
+from svdecode.model.loading import load_tokenizer
 
 log = logging.getLogger("svdecode.server")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from svdecode.calibration.strength import binned_strength
 from svdecode.steering import steer_logits
-from svdecode.strength import binned_strength
 
 METHODS = ("svdecode", "adapted", "base")
 
