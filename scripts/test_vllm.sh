@@ -3,7 +3,8 @@
 # Needs .venv-vllm (bash scripts/setup_vllm.sh) and the main .venv (bash scripts/setup.sh), which
 # computes the reference decodes with the supported transformers. The calibrated adapter is
 # $SVDECODE_VLLM_ADAPTER, else runs/vllm-boolq, trained and calibrated here on first use (a few
-# minutes). One vLLM engine start serves the whole module (~1-1.5 min on 2 cores).
+# minutes). One vLLM engine start serves each module (~1-1.5 min on 2 cores). --noconftest: the
+# suite's conftest builds peft models, and .venv-vllm has no peft (the vLLM tests need none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -15,5 +16,5 @@ if [ ! -f "$adapter/steering_config.json" ]; then
   .venv/bin/svdecode calibrate --adapter "$adapter" --data commonsense:boolq --limit 16 --out "$adapter"
 fi
 export SVDECODE_VLLM_ADAPTER=$adapter SVDECODE_REF_PYTHON=${SVDECODE_REF_PYTHON:-$PWD/.venv/bin/python}
-.venv-vllm/bin/python -m pytest -q -p no:cacheprovider -m "" tests/integrations/vllm_engine/test_vllm_engine.py \
+.venv-vllm/bin/python -m pytest -q -p no:cacheprovider --noconftest -m "" tests/integrations/vllm_engine/test_vllm_engine.py \
   tests/integrations/vllm_engine/test_vllm_serve.py "$@"
