@@ -61,7 +61,6 @@ from svdecode.eval.methods import (
     build_methods,
     expand_method_names,
     known_method_names,
-    using_method,
 )
 from svdecode.eval.options import EvalOptions
 from svdecode.eval.runner import SCHEMA, load_results, run_eval, write_results
@@ -108,6 +107,5 @@ __all__ = [
     "paired_comparisons",
     "run_eval",
     "tqa_gen_metrics",
-    "using_method",
     "write_results",
 ]

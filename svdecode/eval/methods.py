@@ -7,9 +7,6 @@ Imports the library core (calibration, config, scoring); nothing here runs a tas
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +25,7 @@ from svdecode.calibration.objectives import (
 )
 from svdecode.eval.strengths import Calibrator
 from svdecode.fileio import jsonable
-from svdecode.model.config import SteeringConfig
+from svdecode.steering import Steerer
 
 log = logging.getLogger("svdecode")
 
@@ -154,20 +151,11 @@ class MethodSpec:
                 return name
         return "greedy" if not self.decoding else "custom"
 
-    def steering_config(
-        self, template: SteeringConfig | None = None, scoring: bool = False
-    ) -> SteeringConfig:
-        """The :class:`SteeringConfig` of this method (other fields copied from ``template``)."""
-        base = copy.deepcopy(template) if template is not None else SteeringConfig()
-        return dataclasses.replace(
-            base,
-            mu=float(self.mu),
-            alpha=float(self.alpha),
-            lam=self.score_lam if scoring else self.lam,
-            method=self.method,
-            objective=self.estimator or base.objective,
-            mu_bins=self.mu_bins,
-            calibration=dict(self.calibration),
+    def steerer(self, scoring: bool = False) -> Steerer:
+        """The :class:`~svdecode.steering.Steerer` of this method, for generation or (``scoring``)
+        teacher-forced scoring, which uses ``score_lam``."""
+        return Steerer(
+            self.method, self.mu, self.alpha, self.score_lam if scoring else self.lam, self.mu_bins
         )
 
     def key(self, scoring: bool) -> dict[str, Any]:
@@ -434,14 +422,3 @@ def _specs_for(name: str, calibrated: Callable[..., MethodSpec], alpha: float, s
     else:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(known_method_names())}")
     return out
-
-
-@contextlib.contextmanager
-def using_method(model, spec: MethodSpec, scoring: bool = False) -> Iterator[None]:
-    """Temporarily give ``model`` the steering config of ``spec``."""
-    saved = model.steering
-    model.steering = spec.steering_config(saved, scoring=scoring)
-    try:
-        yield
-    finally:
-        model.steering = saved

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from svdecode.benchmarks import TRUTHFULQA_MC
 from svdecode.eval import metrics
 from svdecode.eval.cache import ItemCache, cache_path
-from svdecode.eval.methods import MethodSpec, as_float, lam_json, using_method
+from svdecode.eval.methods import MethodSpec, as_float, lam_json
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.model.scoring import batches, encode_pairs
 
@@ -174,8 +174,7 @@ def _score_missing(
         targets = batch.targets.to(model.device).unsqueeze(-1)
         wanted = {m.name: m for qi, _ in chunk for m in need[qi]}
         for spec in wanted.values():
-            with using_method(model, spec, scoring=True):
-                logits = model.combine(z_phi[:, :-1], z_theta[:, :-1])
+            logits = model.combine(z_phi[:, :-1], z_theta[:, :-1], spec.steerer(scoring=True))
             tgt = torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1).cpu()
             for row, n, (qi, choice) in zip(tgt, batch.answer_lengths, chunk, strict=True):
                 if any(m.name == spec.name for m in need[qi]):

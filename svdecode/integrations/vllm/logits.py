@@ -1,7 +1,7 @@
 """Per-request steering inside vLLM: a v1 custom logits processor that tracks each row's settings.
 
-A request may carry ``SamplingParams(extra_args={"svdecode": {...}})``: ``method`` (``svdecode`` /
-``adapted`` / ``base``), ``mu``, ``alpha``. This processor follows vLLM's persistent batch (its
+A request may carry ``SamplingParams(extra_args={"svdecode": {...}})``: ``method`` (a registered
+combine rule: ``svdecode``, ``adapted``, ``base``, ...), ``mu``, ``alpha``. This processor follows vLLM's persistent batch (its
 add / remove / move bookkeeping, :class:`BatchUpdate`, delivered before every forward pass) and
 keeps the settings of every row that differs from the served ones. The steered model's
 ``compute_logits`` asks it for the rows' settings (:func:`row_settings`), so the logits vLLM
@@ -11,7 +11,6 @@ nothing left to do.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,7 +18,8 @@ from vllm import SamplingParams
 from vllm.config import VllmConfig
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from svdecode.integrations.vllm.steer import METHODS, RowSettings
+from svdecode.integrations.vllm.steer import with_request
+from svdecode.steering import Steerer
 
 KEY = "svdecode"  # the SamplingParams.extra_args entry
 
@@ -39,21 +39,15 @@ class RequestSteering(LogitsProcessor):
             return
         if sampling_params.prompt_logprobs:
             raise ValueError(f"prompt_logprobs use the served steering; drop extra_args['{KEY}'] to ask for them")
-        unknown = set(extra) - {"method", "mu", "alpha"}
-        if unknown:
-            raise ValueError(f"extra_args['{KEY}']: unknown field(s) {sorted(unknown)}")
-        if extra.get("method", "svdecode") not in METHODS:
-            raise ValueError(f"extra_args['{KEY}']['method'] must be one of {METHODS}")
-        mu, alpha = extra.get("mu"), extra.get("alpha")
-        if mu is not None and not (isinstance(mu, (int, float)) and math.isfinite(mu)):
-            raise ValueError(f"extra_args['{KEY}']['mu'] must be a finite number, got {mu!r}")
-        if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-            raise ValueError(f"extra_args['{KEY}']['alpha'] must be in [0, 1], got {alpha!r}")
+        try:  # the values alone (the served settings are not known here; the worker combines them)
+            with_request(Steerer(), extra)
+        except ValueError as err:
+            raise ValueError(f"extra_args['{KEY}']: {err}") from None
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
         served = getattr(vllm_config.model_config.hf_config, "svdecode", None)
-        self.default = RowSettings.from_config(served) if isinstance(served, dict) else None
-        self.rows: dict[int, RowSettings] = {}  # batch index -> settings, only where they differ
+        self.default = Steerer.from_json(served) if isinstance(served, dict) else None
+        self.rows: dict[int, Steerer] = {}  # batch index -> settings, only where they differ
         self.batch_size = 0
         global _ACTIVE
         _ACTIVE = self
@@ -68,7 +62,7 @@ class RequestSteering(LogitsProcessor):
         for index in batch_update.removed:
             self.rows.pop(index, None)
         for index, params, _, _ in batch_update.added:
-            settings = self.default.with_request(request_overrides(params))
+            settings = with_request(self.default, request_overrides(params))
             if settings != self.default:
                 self.rows[index] = settings
             else:
@@ -83,7 +77,7 @@ class RequestSteering(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         return logits  # compute_logits already used row_settings()
 
-    def settings_for(self, n_rows: int, served: RowSettings) -> list[RowSettings]:
+    def settings_for(self, n_rows: int, served: Steerer) -> list[Steerer]:
         # Sampling has one row per request of the batch. Other calls (prompt log-probs, which
         # validate_params allows only for requests without their own settings) get the served ones.
         if n_rows != self.batch_size:
@@ -94,7 +88,7 @@ class RequestSteering(LogitsProcessor):
 _ACTIVE: RequestSteering | None = None  # this worker's processor, if the engine was given one
 
 
-def row_settings(n_rows: int, served: RowSettings) -> list[RowSettings]:
+def row_settings(n_rows: int, served: Steerer) -> list[Steerer]:
     """Each logit row's settings: the served ones, or its request's (when the processor runs)."""
     if _ACTIVE is None:
         return [served] * n_rows

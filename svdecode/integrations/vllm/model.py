@@ -10,7 +10,7 @@ Weights the adapter does not touch are shared between the two decoders after loa
 ``forward`` returns both streams' hidden states side by side (``[tokens, 2 * hidden]``) so that
 vLLM's own row selection (``hidden_states[logits_indices]``) keeps them paired; ``compute_logits``
 splits them, computes z_phi and z_theta with each decoder's head and returns the steered fp32
-logits (:mod:`svdecode.integrations.vllm.steer`), each row with its request's settings as
+logits of the steering object (:mod:`svdecode.integrations.vllm.steer`), each row with its request's settings as
 :class:`~svdecode.integrations.vllm.logits.RequestSteering` tracks them (the served ones without it).
 
 Not supported: pipeline parallelism (the hidden-state pairing assumes one stage), quantized
@@ -29,7 +29,8 @@ from vllm.model_executor.models.utils import maybe_prefix
 
 from svdecode.integrations.vllm.logits import row_settings
 from svdecode.integrations.vllm.lora import adapted_params, lora_deltas, merge_into
-from svdecode.integrations.vllm.steer import RowSettings, combine_rows
+from svdecode.integrations.vllm.steer import combine_rows
+from svdecode.steering import Steerer
 
 
 class SVDecodeSteeredLlamaForCausalLM(nn.Module):
@@ -45,7 +46,7 @@ class SVDecodeSteeredLlamaForCausalLM(nn.Module):
                 "svdecode.integrations.vllm.prepare(adapter_dir)"
             )
         self.adapter_dir = served["adapter"]
-        self.settings = RowSettings.from_config(served)
+        self.settings = Steerer.from_json(served)
         self.adapted = LlamaForCausalLM(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "adapted"))
         self.base = LlamaForCausalLM(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "base"))
         self.make_empty_intermediate_tensors = self.adapted.make_empty_intermediate_tensors

@@ -19,7 +19,6 @@ from typing import Any
 
 from svdecode.errors import ModelLoadError
 from svdecode.integrations.vllm.lora import read_config
-from svdecode.integrations.vllm.steer import METHODS
 from svdecode.model.config import CONFIG_NAME, SteeringConfig
 from svdecode.model.loading import cache_dir, resolve_model_path
 
@@ -31,11 +30,7 @@ def steering_settings(adapter_dir: Path, mu: float | None = None, alpha: float |
     """The served settings: ``steering_config.json``'s (mu = 0 for a plain adapter), overridden."""
     cfg = SteeringConfig.load(adapter_dir) if (adapter_dir / CONFIG_NAME).is_file() else SteeringConfig()
     cfg.override(mu=mu, alpha=alpha)
-    if cfg.method not in METHODS:
-        raise ModelLoadError(
-            f"{adapter_dir}: steering method {cfg.method!r} is not served by the vLLM engine ({', '.join(METHODS)})"
-        )
-    return {"method": cfg.method, "mu": cfg.mu, "alpha": cfg.alpha, "lam": cfg.lam, "mu_bins": cfg.mu_bins}
+    return cfg.steerer.to_json()
 
 
 def base_folder(adapter_dir: Path, base: str | None) -> Path:

@@ -27,23 +27,25 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from svdecode.integrations.server.batcher import QueueFullError, ShuttingDownError
-from svdecode.integrations.server.engine import SEED_MASK, GenRequest, RowSteering
+from svdecode.integrations.server.engine import SEED_MASK, GenRequest
 from svdecode.integrations.vllm.logits import KEY, RequestSteering
 from svdecode.integrations.vllm.plugin import register
 from svdecode.integrations.vllm.prepare import prepare
 from svdecode.model.config import CONFIG_NAME, SteeringConfig
 from svdecode.model.loading import load_tokenizer
+from svdecode.steering import Steerer
 
 log = logging.getLogger("svdecode.server")
 
 
 def served_model(folder: Path, adapter_dir: Path, max_model_len: int, mu: float | None, alpha: float | None):
-    """What the app reads from a model: tokenizer, steering settings and context length."""
+    """What the app reads from a model: tokenizer, steerer and context length."""
     cfg = SteeringConfig.load(adapter_dir) if (adapter_dir / CONFIG_NAME).is_file() else SteeringConfig()
     cfg.override(mu=mu, alpha=alpha)
     return SimpleNamespace(
         tokenizer=load_tokenizer(str(folder)),
         steering=cfg,
+        steerer=cfg.steerer,
         config=SimpleNamespace(max_position_embeddings=max_model_len),
     )
 
@@ -51,7 +53,7 @@ def served_model(folder: Path, adapter_dir: Path, max_model_len: int, mu: float 
 class VLLMRunner:
     """The app's request runner (the :class:`Batcher` interface) over vLLM's ``AsyncLLM``."""
 
-    def __init__(self, engine_args: AsyncEngineArgs, served: RowSteering, max_queue: int):
+    def __init__(self, engine_args: AsyncEngineArgs, served: Steerer, max_queue: int):
         self.engine_args, self.served, self.max_queue = engine_args, served, max_queue
         self.stats: Counter[str] = Counter()
         self._live: dict[int, GenRequest] = {}
@@ -83,12 +85,12 @@ class VLLMRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _extra(self, steering: RowSteering) -> dict[str, Any] | None:
+    def _extra(self, steering: Steerer) -> dict[str, Any] | None:
         if steering == self.served:
             return None  # the served settings, calibrated binned strengths included
-        if steering.method in ("adapted", "base"):
+        if not steering.rule.strength:
             return {KEY: {"method": steering.method}}
-        return {KEY: {"mu": steering.mu, "alpha": steering.alpha}}
+        return {KEY: {"method": steering.method, "mu": steering.mu, "alpha": steering.alpha}}
 
     async def _run(self, req: GenRequest) -> None:
         try:
@@ -171,8 +173,6 @@ def build(
     adapter_dir = Path(adapter_dir)
     folder = prepare(adapter_dir, base=base, mu=mu, alpha=alpha)
     model = served_model(folder, adapter_dir, max_model_len, mu, alpha)
-    s = model.steering
-    served = RowSteering(s.method, float(s.mu), float(s.alpha), s.lam, RowSteering.bins_of(s.mu_bins))
     args = AsyncEngineArgs(
         model=str(folder),
         dtype=dtype,
@@ -182,4 +182,4 @@ def build(
         kv_cache_memory_bytes=kv_cache_mib << 20,
         logits_processors=[RequestSteering],
     )
-    return model, VLLMRunner(args, served, max_queue)
+    return model, VLLMRunner(args, model.steerer, max_queue)

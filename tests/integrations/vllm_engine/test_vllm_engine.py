@@ -148,7 +148,7 @@ def test_served_settings_alone_after_a_mixed_batch(llm, reference, mixed):
 
 def test_bad_request_settings_are_refused(llm, reference):
     ids = TokensPrompt(prompt_token_ids=reference["prompt_ids"][0])
-    for bad in ({"method": "prob_space"}, {"alpha": 2.0}, {"mu": float("nan")}):
+    for bad in ({"method": "nope"}, {"alpha": 2.0}, {"mu": float("nan")}):
         with pytest.raises((ValueError, VLLMValidationError), match="extra_args"):
             llm.generate([ids], [sampling(**bad, temperature=0.0, max_tokens=2)], use_tqdm=False)
 

@@ -10,12 +10,11 @@ import torch
 from conftest import make_model
 from peft import LoraConfig, get_peft_model
 
-from svdecode.calibration.strength import binned_strength
 from svdecode.errors import ModelLoadError
 from svdecode.integrations.vllm.lora import adapted_params, lora_deltas, merge_into
 from svdecode.integrations.vllm.prepare import prepare
-from svdecode.integrations.vllm.steer import RowSettings, combine_rows
-from svdecode.steering import steer_logits
+from svdecode.integrations.vllm.steer import combine_rows, with_request
+from svdecode.steering import Steerer, steer_logits
 
 
 @pytest.fixture()
@@ -60,16 +59,16 @@ def test_merge_refuses_what_it_cannot_merge(saved_lora, tmp_path):
         lora_deltas(folder)
 
 
-def test_combine_rows_equals_the_core_function_row_by_row():
+def test_combine_rows_equals_each_rows_steerer():
     torch.manual_seed(0)
     z_phi, z_theta = torch.randn(5, 40) * 3, torch.randn(5, 40) * 3
-    bins = ((-1.0,), (0.5, -2.0))
+    bins = {"observable": "log_max_p_adapted", "edges": [-1.0], "mu": [0.5, -2.0]}
     rows = [
-        RowSettings(mu=-1.5),
-        RowSettings(mu=2.0, alpha=0.3),
-        RowSettings(method="adapted"),
-        RowSettings(method="base"),
-        RowSettings(mu=0.0, bins=bins),
+        Steerer(mu=-1.5),
+        Steerer(mu=2.0, alpha=0.3),
+        Steerer("adapted"),
+        Steerer("base"),
+        Steerer(mu=0.0, mu_bins=bins),
     ]
     got = combine_rows(z_phi, z_theta, rows)
     want = [
@@ -77,18 +76,20 @@ def test_combine_rows_equals_the_core_function_row_by_row():
         steer_logits(z_phi[1:2], z_theta[1:2], 2.0, alpha=0.3),
         z_phi[2:3],
         z_theta[3:4],
-        steer_logits(z_phi[4:], z_theta[4:], binned_strength(z_phi[4:], {"edges": [-1.0], "mu": [0.5, -2.0]})),
+        steer_logits(z_phi[4:], z_theta[4:], torch.where(z_phi[4:].log_softmax(-1).amax(-1, keepdim=True) >= -1, -2.0, 0.5)),
     ]
-    assert torch.equal(got, torch.cat(want))
+    assert torch.allclose(got, torch.cat(want), atol=1e-6)
 
 
 def test_request_overrides():
-    served = RowSettings(mu=-1.0, alpha=0.2, bins=((-1.0,), (0.5, -2.0)))
-    assert served.with_request(None) is served
-    assert served.with_request({"method": "base"}) == RowSettings("base", 0.0, 0.2)
-    assert served.with_request({"mu": 3}) == RowSettings("svdecode", 3.0, 0.2)  # bins dropped
-    with pytest.raises(ValueError, match="method"):
-        RowSettings(method="prob_space")
+    served = Steerer(mu=-1.0, alpha=0.2, mu_bins={"observable": "log_max_p_adapted", "edges": [-1.0], "mu": [0.5, -2.0]})
+    assert with_request(served, None) is served
+    assert with_request(served, {"method": "base"}) == Steerer("base", 0.0, 0.2)
+    assert with_request(served, {"mu": 3}) == Steerer("svdecode", 3.0, 0.2)  # bins dropped
+    assert with_request(served, {"method": "logit_arithmetic", "mu": 1.0}).method == "logit_arithmetic"
+    for bad in ({"method": "nope"}, {"alpha": 2.0}, {"mu": float("nan")}, {"temperature": 1}):
+        with pytest.raises(ValueError):
+            with_request(served, bad)
 
 
 def test_prepare_writes_a_loadable_folder(saved_lora, tmp_path, tokenizer, monkeypatch):
