@@ -31,6 +31,7 @@ CORE = {
     "svdecode.checks",
     "svdecode.fingerprint",
     "svdecode.rundir",
+    "svdecode.distributed",
 }
 
 

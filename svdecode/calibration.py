@@ -14,12 +14,13 @@ paper's estimators only (eqs. 41-46 with the probability direction).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from svdecode import distributed
 from svdecode.objectives import (
     DEFAULT_OBJECTIVE,
     OBJECTIVES,
@@ -32,7 +33,7 @@ from svdecode.objectives import (
 )
 from svdecode.scoring import batches, encode_pairs
 from svdecode.steering import ESTIMATORS, aggregate_mu, token_mu
-from svdecode.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
+from svdecode.strength import DEFAULT_CAP, DIRECTION_OF, STATS_COLUMNS, TokenStats, token_stats
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # Which direction a method's strength multiplies, so every method is calibrated the same way.
@@ -76,12 +77,14 @@ def collect_stats(
     desc: str = "calibrating mu",
 ) -> tuple[TokenStats, torch.Tensor]:
     """One pass over the pairs: the answer tokens' :class:`TokenStats` (group = pair index) and
-    their KL(p_phi || p_theta)."""
+    their KL(p_phi || p_theta). Under a launcher each process scores every world_size-th batch and
+    the statistics are put together in order: the same batches, so the same numbers."""
     if len(prompts) == 0:
         raise ValueError("the calibration set is empty: give at least one (prompt, answer) pair")
     parts, kls = [], []
-    bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
-    for sl in batches(len(prompts), batch_size):
+    all_batches = list(batches(len(prompts), batch_size))
+    bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress or not distributed.is_main())
+    for sl in (all_batches[i] for i in distributed.shard(len(all_batches))):
         batch = encode_pairs(tokenizer, prompts[sl], answers[sl], max_length=max_length)
         z_phi, z_theta = streams(batch.input_ids, batch.attention_mask, logits_to_keep=batch.keep)
         sel = batch.answer_mask
@@ -94,7 +97,25 @@ def collect_stats(
         kls.append((logp.exp() * (logp - logq)).sum(-1))
         bar.update(sl.stop - sl.start)
     bar.close()
+    if distributed.active():
+        parts, kls = _gathered(parts, kls, len(all_batches))
     return TokenStats.concat(parts), torch.cat(kls)
+
+
+def _gathered(
+    parts: list[TokenStats], kls: list[torch.Tensor], n_batches: int
+) -> tuple[list[TokenStats], list[torch.Tensor]]:
+    """Every process's batches, in batch order (moved through the CPU, back onto this device)."""
+    device = kls[0].device if kls else torch.device("cpu")
+    cpu = [
+        (replace(p, **{k: getattr(p, k).cpu() for k in STATS_COLUMNS}), k.cpu())
+        for p, k in zip(parts, kls, strict=True)
+    ]
+    joined = distributed.gather_sharded(cpu, n_batches)
+    return (
+        [replace(p, **{k: getattr(p, k).to(device) for k in STATS_COLUMNS}) for p, _ in joined],
+        [k.to(device) for _, k in joined],
+    )
 
 
 def collect_choice_stats(
@@ -172,7 +193,10 @@ def calibrate_streams(
     group_ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
     if len(group_ids) != len(prompts):
         raise ValueError(f"{len(group_ids)} ids for {len(prompts)} calibration pairs")
-    decision = choose_strength(stats, group_ids, cstats, objective, guard, folds, bins, seed, trim)
+    # decided once (on the main process) and handed to the others
+    decision = distributed.on_main(
+        lambda: choose_strength(stats, group_ids, cstats, objective, guard, folds, bins, seed, trim)
+    )
     mu_t = stats.num / (stats.den + 1e-12)
     summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, trim)
     summary.update(

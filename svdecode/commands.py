@@ -89,7 +89,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
-    from svdecode import rundir
+    from svdecode import distributed, rundir
     from svdecode.config import SteeringConfig
     from svdecode.data import load_task, sample
 
@@ -106,7 +106,11 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     request = _calibration_request(ns, examples, options)
     with rundir.locked(out):
-        if rundir.reusable_for_adapter(out, request["adapter_sha256"], "calibration", request, ns.overwrite):
+        if distributed.on_main(
+            lambda: rundir.reusable_for_adapter(
+                out, request["adapter_sha256"], "calibration", request, ns.overwrite
+            )
+        ):
             cfg = SteeringConfig.load(out)
             print(calibration_report(cfg.mu, cfg.objective, cfg.calibration))
             print(f"reused: {out} holds this calibration already (pass --overwrite to compute it again)")
@@ -175,7 +179,7 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
 
 def cmd_warmstart(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
-    from svdecode.train import warmstart, warmstart_config_from_args
+    from svdecode.train import trainer_args_from_args, warmstart, warmstart_config_from_args
     from svdecode.train.pipeline import split_pool
 
     cfg = warmstart_config_from_args(ns)
@@ -191,6 +195,7 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
         manifest=splits.manifest,
         resume=ns.resume,
         overwrite=ns.overwrite,
+        trainer_args=trainer_args_from_args(ns),
     )
     print(
         f"warm-started {result.method} on {result.num_examples} examples: {result.steps} steps in "
@@ -202,7 +207,7 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
 def cmd_run(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
     from svdecode.eval.choices import calibration_choices
-    from svdecode.train import warmstart_config_from_args
+    from svdecode.train import trainer_args_from_args, warmstart_config_from_args
     from svdecode.train.pipeline import run_pipeline
 
     cfg = warmstart_config_from_args(ns)
@@ -223,6 +228,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         resume=ns.resume,
         overwrite=ns.overwrite,
         force=ns.force,
+        trainer_args=trainer_args_from_args(ns),
     )
     st = res.model.steering
     ran = ", ".join(res.stages_run) or "nothing (both stages were asked the same before and are reused)"

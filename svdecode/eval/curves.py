@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from svdecode import distributed
 from svdecode.calibration import collect_choice_stats
 from svdecode.eval import metrics
 from svdecode.eval.choices import commonsense_choice_item, mc_choice_item, truthfulqa_mc_average
@@ -141,7 +142,7 @@ def mu_curve(
         "stats_bytes_per_token": cs.stats.nbytes / max(len(cs.stats), 1),
         "stats_capped_tokens": cs.stats.n_capped,
     }
-    if path is not None:
+    if path is not None and distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, out)
     return out

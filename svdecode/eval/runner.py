@@ -9,15 +9,16 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from svdecode import rundir
+from svdecode import distributed, rundir
 from svdecode.checks import NONNEGATIVE_INT, POSITIVE_INT, SEED, UNIT_INTERVAL, check
 from svdecode.errors import InputError
+from svdecode.eval.cache import merge_rank_caches, rank_cache_dir
 from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.compare import paired_comparisons
@@ -173,9 +174,7 @@ def run_eval(
     }
     request = _eval_request(config, task_items, calib, methods)
     with rundir.locked(out):
-        _claim_eval_dir(out, request, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        rundir.record_stage(out, "evaluation", request, [], status="running")
+        distributed.on_main(lambda: _start_eval_dir(out, request, overwrite))
         results: dict[str, Any] = {
             "schema": SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -186,21 +185,56 @@ def run_eval(
         }
         for task, items in task_items.items():
             mset = _task_methods(task, model, items, methods, calib, method_names, run, alpha, cal, score_lam)
-            res = _evaluate_task(task, model, items, list(mset), judge, run)
+            res = _evaluate_shared(task, model, items, list(mset), judge, run)
             if mu_curves and task in CURVE_TASKS:
                 res["mu_curve"] = mu_curve(
                     model, task, items, mset, mc_prompt_style=mc_prompt_style, batch_size=batch_size,
                     max_length=max_length, cache_dir=run.cache_dir, progress=progress, n_boot=n_boot, seed=seed,
                 )  # fmt: skip
-            res["methods"] = _method_records(task, mset, out)
-            res["paired"] = paired_comparisons(
-                task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed
-            )
-            res["n_items"] = len(items)
-            results["tasks"][task] = res
-        write_results(results, out)
-        rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
+            if distributed.is_main():  # the others scored their share; the main process reports
+                res["methods"] = _method_records(task, mset, out)
+                res["paired"] = paired_comparisons(
+                    task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed
+                )
+                res["n_items"] = len(items)
+                results["tasks"][task] = res
+        return distributed.on_main(lambda: _finish_eval(results, out, request))
+
+
+def _start_eval_dir(out: Path, request: Mapping[str, Any], overwrite: bool) -> None:
+    _claim_eval_dir(out, request, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.record_stage(out, "evaluation", request, [], status="running")
+
+
+def _finish_eval(results: dict[str, Any], out: Path, request: Mapping[str, Any]) -> dict[str, Any]:
+    write_results(results, out)
+    rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
     return results
+
+
+def _evaluate_shared(
+    task: str, model, items: Sequence[Any], specs: list[MethodSpec], judge: Judge | None, run: _RunSettings
+) -> dict[str, Any]:
+    """:func:`_evaluate_task`; under a launcher each process scores every world_size-th item into
+    its own per-item caches (the main process into the run's), the main process merges them and
+    reports from the merged caches (no model pass left), and hands the result to the others."""
+    if not distributed.active():
+        return _evaluate_task(task, model, items, specs, judge, run)
+    mine = [items[i] for i in distributed.shard(len(items))]
+    own = (
+        run
+        if distributed.is_main()
+        else replace(run, cache_dir=rank_cache_dir(run.cache_dir, distributed.rank()))
+    )
+    _evaluate_task(task, model, mine, specs, judge, own)
+    distributed.barrier()
+
+    def report() -> dict[str, Any]:
+        merge_rank_caches(run.cache_dir)
+        return _evaluate_task(task, model, items, specs, judge, run)
+
+    return distributed.on_main(report)
 
 
 def _eval_config(model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, cal) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from svdecode import distributed
 from svdecode.calibration import calibrate_streams
 from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic
 from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
@@ -132,7 +133,7 @@ class Calibrator:
                 return self.memo[key]
         stats, token_mu = self._calibrate(method, alpha)
         stats = jsonable({**stats, "key": key, "calib_pairs_sha": self.data_hash})
-        if json_path is not None:
+        if json_path is not None and distributed.is_main():
             json_path.parent.mkdir(parents=True, exist_ok=True)
             with npy_path.open("wb") as fh:
                 np.save(fh, token_mu)

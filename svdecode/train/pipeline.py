@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svdecode import rundir
+from svdecode import distributed, rundir
 from svdecode.calibration import CalibrationResult
 from svdecode.checks import (
     NONNEGATIVE_INT,
@@ -137,6 +137,7 @@ def run_pipeline(
     overwrite: bool = False,
     force: bool = False,
     progress: bool = True,
+    trainer_args: dict[str, Any] | None = None,
 ) -> PipelineResult:
     """Warm-start on the train split of ``pool``, calibrate on its calibration split, save.
 
@@ -147,7 +148,9 @@ def run_pipeline(
     ``force`` loads a reused adapter onto a base whose fingerprint differs. ``objective``,
     ``guard``, ``folds``, ``bins``: how the strength is calibrated (:meth:`SteeredModel.calibrate`);
     ``choices`` maps the calibration examples to their multiple-choice view and task metric
-    (e.g. :func:`svdecode.eval.choices.calibration_choices`).
+    (e.g. :func:`svdecode.eval.choices.calibration_choices`). ``trainer_args``: more
+    TrainingArguments for the warm-start (FSDP, DeepSpeed). Under a launcher every process runs
+    this: the warm-start trains data-parallel, calibration scores a share of the items on each.
     """
     cfg = cfg or WarmstartConfig()
     validate(cfg)
@@ -170,19 +173,23 @@ def run_pipeline(
     out = Path(out_dir)
     base_name = portable_base_name(base)
     with rundir.locked(out):
-        finish_publish(out)
         ws_request = warmstart_request(cfg.to_dict(), base_name, splits.train, splits.manifest)
-        reuse = (
-            None
-            if overwrite
-            else rundir.check_reuse(out, "warmstart", ws_request, "warm-start", REUSE_IGNORED)
-        )
+
+        def reusable() -> dict[str, Any] | None:
+            finish_publish(out)
+            return (
+                None
+                if overwrite
+                else rundir.check_reuse(out, "warmstart", ws_request, "warm-start", REUSE_IGNORED)
+            )
+
+        reuse = distributed.on_main(reusable)
         stages, seconds = [], {}
         if reuse is None or reuse["status"] != "complete" or partial_dir(out).exists():
             t0 = time.time()
             result = warmstart(
                 splits.train, out, cfg, base=base, manifest=splits.manifest, resume=resume,
-                overwrite=overwrite, progress=progress,
+                overwrite=overwrite, progress=progress, trainer_args=trainer_args,
             )  # fmt: skip
             seconds["warmstart"] = time.time() - t0
             stages.append("warmstart")
@@ -207,7 +214,9 @@ def _calibrated(
     calibration when it was asked the same (and the warm-start was not redone), else a fresh one, saved."""
     request = calibration_request(splits, options, alpha, rundir.adapter_digest(out))
     redo = "warmstart" in stages or not (out / CONFIG_NAME).exists()
-    if not redo and rundir.check_reuse(out, "calibration", request, "calibration") is not None:
+    if not redo and distributed.on_main(
+        lambda: rundir.check_reuse(out, "calibration", request, "calibration")
+    ):
         log.info("calibration in %s matches this request: reusing it", out)
         return SteeredModel.from_pretrained(out, base=base, force=force), None
     t0 = time.time()
