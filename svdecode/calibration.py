@@ -83,8 +83,9 @@ def collect_stats(
         raise ValueError("the calibration set is empty: give at least one (prompt, answer) pair")
     parts, kls = [], []
     all_batches = list(batches(len(prompts), batch_size))
-    bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress or not distributed.is_main())
-    for sl in (all_batches[i] for i in distributed.shard(len(all_batches))):
+    mine = [all_batches[i] for i in distributed.shard(len(all_batches))]
+    bar = tqdm(total=sum(sl.stop - sl.start for sl in mine), desc=desc, unit="ex", disable=not progress)
+    for sl in mine:
         batch = encode_pairs(tokenizer, prompts[sl], answers[sl], max_length=max_length)
         z_phi, z_theta = streams(batch.input_ids, batch.attention_mask, logits_to_keep=batch.keep)
         sel = batch.answer_mask
