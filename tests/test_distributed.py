@@ -96,10 +96,14 @@ def test_rank_caches_are_merged_into_the_run_cache(tmp_path):
     other = ItemCache(rank_cache_dir(tmp_path, 1) / "t" / "m.jsonl", fp)
     other.add({"id": "b", "v": 2})
     other.add({"id": "a", "v": 99})  # already in the run's cache: kept as it was
+    stale = ItemCache(
+        rank_cache_dir(tmp_path, 2) / "t" / "m.jsonl", {"task": "t", "method": "other settings"}
+    )
+    stale.add({"id": "c", "v": 3})
     assert merge_rank_caches(tmp_path) == 1
     merged = ItemCache(tmp_path / "t" / "m.jsonl", fp)
     assert {k: r["v"] for k, r in merged.records.items()} == {"a": 1, "b": 2}
-    assert not rank_cache_dir(tmp_path, 1).exists()
+    assert not rank_cache_dir(tmp_path, 1).exists() and not rank_cache_dir(tmp_path, 2).exists()
 
 
 # -- two processes -------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def rank_cache_dir(cache_dir: Path, rank: int) -> Path:
 
 def merge_rank_caches(cache_dir: Path) -> int:
     """Move the records of every process's cache (:func:`rank_cache_dir`, also those an
-    interrupted launch left) into the run's caches, each with its own fingerprint; returns how many."""
+    interrupted launch left) into the run's caches of the same fingerprint; returns how many."""
     moved = 0
     for src in sorted(Path(cache_dir).glob(f"{RANK_PREFIX}*")):
         for path in sorted(src.rglob("*.jsonl")):
@@ -106,7 +106,11 @@ def merge_rank_caches(cache_dir: Path) -> int:
             if not meta.is_file():
                 continue
             fingerprint = json.loads(meta.read_text())
-            target = ItemCache(Path(cache_dir) / path.relative_to(src), fingerprint)
+            target_path = Path(cache_dir) / path.relative_to(src)
+            target_meta = target_path.with_name(target_path.name + ".meta.json")
+            if target_meta.is_file() and json.loads(target_meta.read_text()) != fingerprint:
+                continue  # left by a launch with other settings: stale, never replaces the run's cache
+            target = ItemCache(target_path, fingerprint)
             for rec in ItemCache(path, fingerprint).records.values():
                 if rec["id"] not in target:
                     target.add(rec)
