@@ -84,7 +84,12 @@ def collect_stats(
     parts, kls = [], []
     all_batches = list(batches(len(prompts), batch_size))
     mine = [all_batches[i] for i in distributed.shard(len(all_batches))]
-    bar = tqdm(total=sum(sl.stop - sl.start for sl in mine), desc=desc, unit="ex", disable=not progress)
+    bar = tqdm(  # under a launcher: the main process's share
+        total=sum(sl.stop - sl.start for sl in mine),
+        desc=desc,
+        unit="ex",
+        disable=not progress or not distributed.is_main(),
+    )
     for sl in mine:
         batch = encode_pairs(tokenizer, prompts[sl], answers[sl], max_length=max_length)
         z_phi, z_theta = streams(batch.input_ids, batch.attention_mask, logits_to_keep=batch.keep)
