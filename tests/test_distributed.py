@@ -221,10 +221,10 @@ def test_another_launch_into_a_locked_directory_is_refused_once(base_dir, data_f
 
 
 @pytest.mark.slow
-def test_run_and_eval_under_torchrun_equal_one_process(base_dir, data_file, tmp_path):
+def test_run_eval_and_calibrate_under_torchrun_equal_one_process(base_dir, data_file, tmp_path):
     """`svdecode run` on two processes: the directory `generate` uses, with the mu one process
     calibrates on the same adapter; `svdecode eval` on two processes: the one-process per-item
-    scores and calibrated strengths."""
+    scores and calibrated strengths; `svdecode calibrate` on two processes: the one-process mu."""
     from svdecode.cli import main
 
     steered = tmp_path / "steered"
@@ -272,3 +272,22 @@ def test_run_and_eval_under_torchrun_equal_one_process(base_dir, data_file, tmp_
         for rec in items:
             assert other[rec["id"]]["mc2_scores"] == pytest.approx(rec["mc2_scores"], rel=1e-5, abs=1e-4)
             assert other[rec["id"]]["MC1"] == rec["MC1"]
+
+    cal = [
+        "calibrate",
+        "--steered",
+        str(steered),
+        "--data",
+        str(data_file),
+        "--limit",
+        "7",
+        "--batch-size",
+        "2",
+    ]
+    assert main([*cal, "--out", str(tmp_path / "c1")]) == 0
+    proc = torchrun(_cli(*cal, "--out", str(tmp_path / "c2")), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("saved steering artifact") == 1
+    c1, c2 = (json.loads((tmp_path / c / "steering_config.json").read_text()) for c in ("c1", "c2"))
+    assert c2["mu"] == pytest.approx(c1["mu"], rel=1e-6, abs=1e-9)
+    assert c2["calibration"]["quantiles"] == pytest.approx(c1["calibration"]["quantiles"], rel=1e-6, abs=1e-9)
