@@ -151,8 +151,7 @@ def _trainer_classes():
 
 
 def _planned_steps(cfg: WarmstartConfig, n: int) -> int | None:
-    """max_steps for the Trainer: cfg.max_steps, or fraction x epochs x update steps per epoch
-    (each step takes a batch on every process)."""
+    """max_steps for the Trainer: cfg.max_steps, or fraction x epochs x update steps per epoch."""
     if cfg.max_steps is not None:
         return cfg.max_steps
     if cfg.fraction is None:
@@ -193,7 +192,7 @@ def warmstart(
 
     Under ``torchrun`` / ``accelerate launch`` every process calls this; the Trainer trains with
     data parallelism (per-device batch ``cfg.batch_size`` on each process), and only the main
-    process checks and writes the directory (:mod:`svdecode.distributed`).
+    process checks and writes the directory (:mod:`svdecode.runs.distributed`).
 
     Every check runs before training and before any directory is created; failures raise
     :class:`WarmstartError` (or :class:`AdapterMismatchError`) saying what to change.
@@ -229,10 +228,10 @@ def warmstart(
         args = _training_args(cfg, part, len(scan.kept), progress, trainer_args)
         # ---- from here on the run writes to disk (the main process only) ----
         distributed.on_main(lambda: _start_partial(part, resume_ckpt, request))
-        return _train(
-            examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-            progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
-        )  # fmt: skip
+        run = _Prepared(
+            examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args
+        )
+        return _train(run, progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints)
 
 
 def _check_dirs(out: Path, part: Path, resume: bool, overwrite: bool) -> None:
@@ -402,10 +401,32 @@ def _wrap_model(model, tokenizer, cfg: WarmstartConfig, part: Path, out: Path) -
     return peft_model
 
 
-def _run_trainer(examples, out, part, cfg, model, tokenizer, scan, resume_ckpt, args, *, progress, callbacks):
+@dataclass
+class _Prepared:
+    """A checked warm-start ready to train: its data, folders, base model, what it was asked, and
+    where it resumes from."""
+
+    examples: Sequence[Example]
+    out: Path
+    part: Path
+    cfg: WarmstartConfig
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    base_name: str
+    manifest: dict[str, Any] | None
+    scan: LengthScan
+    request: dict[str, Any]
+    resume_ckpt: Path | None
+    args: Any  # transformers.TrainingArguments
+
+
+def _run_trainer(run: _Prepared, *, progress, callbacks):
     """Wrap the model in the adapter and train it with the transformers Trainer (resuming from
     ``resume_ckpt`` when given); returns the trained model and what the run record needs."""
     from transformers.trainer_callback import PrinterCallback
+
+    examples, out, part, cfg, tokenizer = run.examples, run.out, run.part, run.cfg, run.tokenizer
+    model, scan, resume_ckpt, args = run.model, run.scan, run.resume_ckpt, run.args
 
     peft_model = _wrap_model(model, tokenizer, cfg, part, out)
     WarmstartTrainer, LossLog = _trainer_classes()
@@ -429,11 +450,16 @@ def _run_trainer(examples, out, part, cfg, model, tokenizer, scan, resume_ckpt, 
     return peft_model, trainer.state, output, loss_log, resumed_from, seconds
 
 
-def _record(
-    cfg, pc, base_name, request, tokenizer, examples, scan, state, output, loss_log, resumed_from,
-    *, seconds, started, params, args,
-) -> dict:  # fmt: skip
+def _record(run: _Prepared, pc, state, output, loss_log, resumed_from, *, seconds, started, params) -> dict:
     """The warm-start record (warmstart.json): what was asked, what the data and the run were."""
+    cfg, base_name, request, tokenizer, examples, scan = (
+        run.cfg,
+        run.base_name,
+        run.request,
+        run.tokenizer,
+        run.examples,
+        run.scan,
+    )
     trainable, total = params
     return {
         "format_version": FORMAT_VERSION,
@@ -463,29 +489,20 @@ def _record(
         "trainable_params": int(trainable),
         "total_params": int(total),
         "precision": precision_of(cfg),
-        "device": str(args.device),
-        "processes": int(args.world_size),
+        "device": str(run.args.device),
+        "processes": int(run.args.world_size),
         # examples per optimizer step: per-device batch x processes x gradient accumulation
-        "effective_batch_size": int(cfg.batch_size * args.world_size * cfg.grad_accum),
-        "parallelism": _parallelism(args),
+        "effective_batch_size": int(cfg.batch_size * run.args.world_size * cfg.grad_accum),
+        "parallelism": _parallelism(run.args),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": dependency_versions(),
         "command": " ".join(sys.argv),
     }
 
 
-def _write_run(
-    part: Path,
-    out: Path,
-    peft_model,
-    tokenizer,
-    manifest,
-    info: dict,
-    base_name: str,
-    examples,
-    keep_checkpoints: bool,
-) -> dict:
+def _write_run(run: _Prepared, peft_model, info: dict, keep_checkpoints: bool) -> dict:
     """Write the finished run into the partial directory, record it, then rename it into place."""
+    part, tokenizer, manifest = run.part, run.tokenizer, run.manifest
     peft_model.save_pretrained(str(part), save_embedding_layers=False)
     tokenizer.save_pretrained(str(part))
     if manifest is not None:
@@ -497,11 +514,11 @@ def _write_run(
     rundir.record_stage(
         part,
         "warmstart",
-        warmstart_request(info["config"], base_name, examples, manifest),
+        warmstart_request(info["config"], run.base_name, run.examples, manifest),
         [p.name for p in part.iterdir() if p.name != CHECKPOINT_DIR and not p.name.startswith(".")],
         extra={"base_fingerprint": info["base_fingerprint"], "tokenizer_size": len(tokenizer)},
     )
-    publish(part, out)
+    publish(part, run.out)
     return info
 
 
@@ -514,23 +531,11 @@ def _parallelism(args) -> str:
     return "ddp" if args.world_size > 1 else "single"
 
 
-def _train(
-    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-    *, progress, callbacks, keep_checkpoints,
-) -> WarmstartResult:  # fmt: skip
+def _train(run: _Prepared, *, progress, callbacks, keep_checkpoints) -> WarmstartResult:
     started = time.time()
+    out, cfg, base_name, scan = run.out, run.cfg, run.base_name, run.scan
     peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
-        examples,
-        out,
-        part,
-        cfg,
-        model,
-        tokenizer,
-        scan,
-        resume_ckpt,
-        args,
-        progress=progress,
-        callbacks=callbacks,
+        run, progress=progress, callbacks=callbacks
     )
     pc = peft_model.peft_config["default"]
     # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
@@ -538,13 +543,11 @@ def _train(
     # hub to see whether the vocabulary changed; embeddings are never trained here.
     pc.base_model_name_or_path = base_name
     info = _record(
-        cfg, pc, base_name, request, tokenizer, examples, scan, state, output, loss_log, resumed_from,
-        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(), args=args,
+        run, pc, state, output, loss_log, resumed_from,
+        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(),
     )  # fmt: skip
     info = distributed.on_main(  # the main process's record (its loss log) on every process
-        lambda: _write_run(
-            part, out, peft_model, tokenizer, manifest, info, base_name, examples, keep_checkpoints
-        )
+        lambda: _write_run(run, peft_model, info, keep_checkpoints)
     )
     log.info(
         "warm-start: %s adapter written to %s (%d steps, %.1fs)", cfg.method, out, state.global_step, seconds
