@@ -129,7 +129,6 @@ def run_pipeline(
     overwrite: bool = False,
     force: bool = False,
     progress: bool = True,
-    trainer_args: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> PipelineResult:
     """Warm-start on the train split of ``pool``, calibrate on its calibration split, save.
@@ -144,12 +143,13 @@ def run_pipeline(
     only when its recorded request (options, base, data ids) equals this one and its files are
     unchanged; a different one stops with the difference, unless ``overwrite=True``, which redoes
     both stages. ``resume`` continues an interrupted warm-start; ``force`` loads a reused adapter
-    onto a base whose fingerprint differs. ``trainer_args``: more TrainingArguments for the
-    warm-start (FSDP, DeepSpeed). Under a launcher every process runs this: the warm-start trains
+    onto a base whose fingerprint differs. ``trainer_args=`` (keyword): more TrainingArguments for
+    the warm-start (FSDP, DeepSpeed). Under a launcher every process runs this: the warm-start trains
     data-parallel, calibration scores a share of the items on each.
     """
     cfg = cfg or WarmstartConfig()
     validate(cfg)
+    trainer_args = kwargs.pop("trainer_args", None)
     sp, cal = split_options(kwargs, splits or SplitOptions(), calibration or CalibrationConfig())
     sp.validate()
     cal = cal.replace(alpha=DEFAULT_ALPHA if cal.alpha is None else cal.alpha, progress=progress).validate()

@@ -173,7 +173,6 @@ def warmstart(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
-    keep_checkpoints: bool = False,
     trainer_args: dict[str, Any] | None = None,
 ) -> WarmstartResult:
     """Warm-start a PEFT adapter on ``examples`` and write it to ``out_dir`` (see the module doc).
@@ -231,7 +230,7 @@ def warmstart(
         run = _Prepared(
             examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args
         )
-        return _train(run, progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints)
+        return _train(run, progress=progress, callbacks=callbacks)
 
 
 def _check_dirs(out: Path, part: Path, resume: bool, overwrite: bool) -> None:
@@ -500,15 +499,14 @@ def _record(run: _Prepared, pc, state, output, loss_log, resumed_from, *, second
     }
 
 
-def _write_run(run: _Prepared, peft_model, info: dict, keep_checkpoints: bool) -> dict:
+def _write_run(run: _Prepared, peft_model, info: dict) -> dict:
     """Write the finished run into the partial directory, record it, then rename it into place."""
     part, tokenizer, manifest = run.part, run.tokenizer, run.manifest
     peft_model.save_pretrained(str(part), save_embedding_layers=False)
     tokenizer.save_pretrained(str(part))
     if manifest is not None:
         write_json(part / MANIFEST_NAME, manifest)
-    if not keep_checkpoints:
-        shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
     (part / REQUEST_NAME).unlink(missing_ok=True)
     write_json(part / INFO_NAME, info)
     rundir.record_stage(
@@ -531,7 +529,7 @@ def _parallelism(args) -> str:
     return "ddp" if args.world_size > 1 else "single"
 
 
-def _train(run: _Prepared, *, progress, callbacks, keep_checkpoints) -> WarmstartResult:
+def _train(run: _Prepared, *, progress, callbacks) -> WarmstartResult:
     started = time.time()
     out, cfg, base_name, scan = run.out, run.cfg, run.base_name, run.scan
     peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
@@ -547,7 +545,7 @@ def _train(run: _Prepared, *, progress, callbacks, keep_checkpoints) -> Warmstar
         seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(),
     )  # fmt: skip
     info = distributed.on_main(  # the main process's record (its loss log) on every process
-        lambda: _write_run(run, peft_model, info, keep_checkpoints)
+        lambda: _write_run(run, peft_model, info)
     )
     log.info(
         "warm-start: %s adapter written to %s (%d steps, %.1fs)", cfg.method, out, state.global_step, seconds
