@@ -64,6 +64,35 @@ UNIT_INTERVAL = Rule("float", lo=0, hi=1)
 FINITE_FLOAT = Rule("float")
 
 
+# The largest |strength| the fp32 steering math takes. Steered logits are z_phi + mu * delta with
+# |delta_y| = p_y |r_y - KL| <= 1/e + 2 (S + log V), S the spread of the logits (p |log p| <= 1/e;
+# |log p_theta| and KL are at most S + log V). fp32 ends at 3.4e38, so 1e30 leaves |delta| up to
+# 3e8, i.e. logit spreads up to ~1e8 -- far beyond any model's -- before mu * delta could overflow.
+# A larger |mu| would overflow to inf (a NaN/inf row) or is already inf when cast to fp32 (>3.4e38).
+MAX_STRENGTH = 1e30
+
+
+def strength_problem(value: Any, name: str = "mu") -> str | None:
+    """Why ``value`` cannot be a steering strength (None when it can): a finite real number
+    (no bool) of magnitude at most :data:`MAX_STRENGTH`, what the fp32 math can represent."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{name} must be a number, got {type(value).__name__} {value!r}"
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if abs(value) > MAX_STRENGTH:
+        return f"{name}={value:g} is beyond what fp32 steering math can represent (|{name}| <= 1e30)"
+    return None
+
+
+def check_strength(value: Any, name: str = "mu") -> float:
+    """``value`` as a float if it is a strength the fp32 steering math can apply, else
+    :class:`InputError` naming ``name`` (the flag, field or argument)."""
+    problem = strength_problem(value, name)
+    if problem:
+        raise InputError(problem)
+    return float(value)
+
+
 def check(name: str, value: Any, rule: Rule, *, optional: bool = False) -> Any:
     """Return ``value`` if ``rule`` accepts it (or it is None and ``optional``), else raise."""
     if value is None and optional:

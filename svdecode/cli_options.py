@@ -25,6 +25,18 @@ def number_type(rule: checks.Rule):
     return parse
 
 
+def strength_type(text: str) -> float:
+    """An argparse type for a steering strength (:func:`svdecode.checks.check_strength`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    try:
+        return checks.check_strength(value, "mu")
+    except checks.InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 POS_INT = number_type(checks.POSITIVE_INT)
 NONNEG_INT = number_type(checks.NONNEGATIVE_INT)
 SEED = number_type(checks.SEED)
@@ -37,7 +49,10 @@ def _lam(text: str) -> float | str:
     """``-inf`` (paper), a float, or ``keep`` (scoring mode: masked tokens keep z_phi)."""
     if text.lower() in (KEEP, "none"):
         return KEEP
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan  # refused below with the same message
     if math.isnan(value) or value == math.inf:
         raise argparse.ArgumentTypeError(f"lam must be -inf, a finite number or 'keep', got {text}")
     return value
@@ -87,7 +102,7 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
     st = p.add_argument_group("steering")
     st.add_argument(
         "--mu",
-        type=number_type(checks.FINITE_FLOAT),
+        type=strength_type,
         default=None,
         help="steering strength (default: the calibrated one)",
     )

@@ -12,10 +12,13 @@ p = softmax(z), r = log p_phi - log p_theta.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from svdecode.checks import check_strength
 
 __all__ = [
     "EPS",
@@ -137,9 +140,11 @@ def confidence_mask(logits_adapted: torch.Tensor, alpha: float = 0.1) -> torch.T
 
 
 def _strength(mu: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(mu, numbers.Real):  # a Python number: say what fp32 can take (1e39 is finite)
+        check_strength(mu, "mu")
     mu_t = torch.as_tensor(mu, dtype=torch.float32, device=device)
     if not bool(torch.isfinite(mu_t).all()):
-        raise ValueError(f"steering strength must be finite, got {mu}")
+        raise ValueError(f"steering strength must be finite in fp32, got {mu}")
     return mu_t
 
 

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from svdecode.checks import strength_problem
+
 MAX_STOPS = 4  # OpenAI's limit
 
 
@@ -57,6 +59,14 @@ class _Sampling(_Strict):
         "logit_bias",
         "logprobs",
     )
+
+    @field_validator("mu")
+    @classmethod
+    def _strength(cls, value: float | None) -> float | None:
+        problem = None if value is None else strength_problem(value)
+        if problem:  # e.g. 1e300: finite, but inf in the fp32 steering math
+            raise ValueError(problem)
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod
