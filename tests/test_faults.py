@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import make_model, make_tokenizer
 
 from svdecode import rundir
@@ -50,7 +51,10 @@ def golden(tmp_path_factory) -> dict[str, Path]:
 def build_golden(root: Path) -> dict[str, Path]:
     tok = make_tokenizer()
     models = {"base": make_model(len(tok)), "base2": make_model(len(tok), seed=1),
-              "base_vocab": make_model(len(tok) + 7)}  # fmt: skip
+              "base_vocab": make_model(len(tok) + 7), "base_layers": make_model(len(tok))}  # fmt: skip
+    with torch.no_grad():  # the same model but for one layer: same shapes, same embeddings
+        weight = models["base_layers"].model.layers[0].self_attn.q_proj.weight
+        weight.add_(1e-3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
     for name, model in models.items():
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
@@ -81,8 +85,8 @@ class Ctx:
 
     def __init__(self, golden: dict[str, Path], tmp: Path):
         self.tmp = tmp
-        self.base, self.base2, self.base_vocab, self.data = (
-            golden[k] for k in ("base", "base2", "base_vocab", "data")
+        self.base, self.base2, self.base_vocab, self.base_layers, self.data = (
+            golden[k] for k in ("base", "base2", "base_vocab", "base_layers", "data")
         )
         for name in ("run", "A", "eval"):
             shutil.copytree(golden[name], tmp / name)
@@ -472,6 +476,15 @@ CASES: list[Case] = [
     case("adapters", "adapter onto another base with --force", lambda c: ["generate", "--adapter", str(c.A),
          "--base", str(c.base2), "--prompt", "x", "--max-new-tokens", "2", "--force"], 0, "--force", "other weights"),
     case("adapters", "steered dir onto another base", lambda c: gen(c, "--base", str(c.base2)), 2, "other weights"),
+    case("adapters", "adapter onto a base whose layer 0 differs", lambda c: ["generate", "--adapter", str(c.A),
+         "--base", str(c.base_layers), "--prompt", "x"], 2, "other weights", "model.layers.0.self_attn.q_proj",
+         "--force"),
+    case("adapters", "steered dir onto a base whose layer 0 differs", lambda c: gen(c, "--base",
+         str(c.base_layers)), 2, "other weights", "model.layers.0"),
+    case("adapters", "a base whose layer 0 differs, with --force", lambda c: gen(c, "--base", str(c.base_layers),
+         "--force"), 0, "--force", "model.layers.0"),
+    case("adapters", "the same base loaded in bfloat16 passes", lambda c: gen(c, "--dtype", "bfloat16"), 0,
+         never=("other weights",)),
     case("adapters", "steered dir onto a base with another vocabulary", lambda c: gen(c, "--base", str(c.base_vocab)),
          2, "vocab_size"),
     case("adapters", "calibrate an adapter on another base", lambda c: cal(c, "--base", str(c.base2),
