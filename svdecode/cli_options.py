@@ -122,7 +122,12 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
 
 def check_model_sources(ns: argparse.Namespace) -> None:
     """--steered / --adapter must be folders, --base an existing folder or a hub id: checked
-    before anything loads."""
+    before anything loads; never both (one of them would be ignored)."""
+    if getattr(ns, "steered", None) and getattr(ns, "adapter", None):
+        raise checks.InputError(
+            f"give --steered {ns.steered} (the adapter with its calibrated steering) or --adapter {ns.adapter} "
+            "(the plain adapter), not both: a steered directory carries its own adapter"
+        )
     if getattr(ns, "steered", None):
         checks.existing_dir(ns.steered, "--steered")
     if getattr(ns, "adapter", None):

@@ -76,6 +76,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
         torch.manual_seed(ns.seed)
     s = model.steering
+    _note_calibrated(ns)
     print(f"# method={s.method} mu={s.mu:.4g} alpha={s.alpha} lam={s.lam}", file=sys.stderr)
     texts = model.generate_text(
         prompts, batch_size=ns.batch_size, progress=True, truncate=ns.truncate, **kwargs
@@ -86,6 +87,24 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         else:
             print(text)
     return 0
+
+
+def _note_calibrated(ns: argparse.Namespace) -> None:
+    """--adapter DIR decodes with the plain adapter (mu = 0 unless --mu) even when DIR holds a
+    calibration: say which strength is used and how to get the other."""
+    from svdecode.config import CONFIG_NAME, ConfigError, SteeringConfig
+
+    if not ns.adapter or ns.mu is not None or not (Path(ns.adapter) / CONFIG_NAME).is_file():
+        return
+    try:
+        calibrated = f"mu={SteeringConfig.load(ns.adapter).mu:.4g}"
+    except ConfigError:
+        calibrated = "a calibrated strength"
+    log.warning(
+        "note: --adapter %s decodes with mu = 0 (the plain adapter); its %s holds %s: pass --steered %s to "
+        "use it, or --mu to set one",
+        ns.adapter, CONFIG_NAME, calibrated, ns.adapter,
+    )  # fmt: skip
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
@@ -278,6 +297,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             method_names=method_names,
             calib=calib,
             data=data,
+            limit=ns.limit,  # recorded (the data above is sampled already; sampling again keeps it)
             seed=ns.seed,
             batch_size=ns.batch_size,
             max_new_tokens=ns.max_new_tokens,
@@ -313,7 +333,8 @@ def _recorded_calibration_split(ns: argparse.Namespace):
 def cmd_report(ns: argparse.Namespace) -> int:
     from svdecode.eval.report import render_report
 
-    path = render_report(ns.results, ns.out, labels=ns.labels.split(",") if ns.labels else None)
+    labels = ns.labels.split(",") if ns.labels else None
+    path = render_report(ns.results, ns.out, labels=labels, overwrite=ns.overwrite)
     print(f"report: {path}")
     return 0
 

@@ -203,7 +203,8 @@ def warmstart(
     out = Path(out_dir)
     with rundir.locked(out):
         finish_publish(out)
-        check_out_dir(out, overwrite)
+        known_base = base if base is not None else (None if model is not None else "default")
+        check_out_dir(out, overwrite, warmstart_request(cfg.to_dict(), known_base, examples, manifest))
         part = partial_dir(out)
         if part.exists() and not resume and not overwrite:
             raise WarmstartError(
