@@ -193,7 +193,7 @@ def read_prompt_file(path: str | None) -> list[str]:
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """How the strength is calibrated (svdecode.objectives): objective, guard, folds, bins."""
-    from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+    from svdecode.objectives import DEFAULT_OBJECTIVE, MAX_BINS, OBJECTIVES
 
     c = p.add_argument_group("calibration of the strength")
     c.add_argument(
@@ -212,7 +212,7 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--folds", type=number_type(checks.Rule("int", lo=2)), default=5, help="guard's CV folds")
     c.add_argument(
         "--confidence-bins",
-        type=NONNEG_INT,
+        type=number_type(checks.Rule("int", lo=0, hi=MAX_BINS)),
         default=3,
         help="also fit one strength per bin of the adapted model's confidence (kept only if "
         "cross-validation prefers it); 0 or 1: off",

@@ -181,13 +181,16 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
         "mu*_t quantiles: " + ", ".join(f"{k}={v:.3g}" for k, v in st["quantiles"].items()),
         f"gold token outside the confidence mask: {100 * st['frac_gold_outside_mask']:.1f}%",
     ]
-    if guard.get("passed") is False:
+    if guard.get("unbounded"):
+        lines.append(f"steering off: {guard.get('reason')}")
+    elif guard.get("passed") is False:
         lines.append(f"steering off: calibration found no gain ({guard.get('reason')})")
     elif guard.get("enabled"):
         lines.append(f"guard passed: {guard.get('reason')}")
     bins = st.get("bins")
     if bins:
         kept = "applied" if bins.get("applied") else "not applied (cross-validation does not prefer them)"
+        kept += f"; {bins['note']}" if bins.get("note") else ""
         lines.append(f"confidence-binned strengths [{', '.join(f'{m:.3g}' for m in bins['mu'])}]: {kept}")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ Pure tensors and numbers, no model code.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import statistics
@@ -35,6 +36,7 @@ import torch
 
 from svdecode.steering import ESTIMATORS
 from svdecode.strength import (
+    MU_LIMIT,
     TokenStats,
     binned_mu,
     fit_binned,
@@ -48,6 +50,19 @@ from svdecode.strength import (
 
 OBJECTIVES = ("nll", "task", *ESTIMATORS)
 DEFAULT_OBJECTIVE = "nll"
+# Confidence bins: at most MAX_BINS (more is a typo, and each bin costs a fit per CV fold), and
+# each needs MIN_TOKENS_PER_BIN answer tokens on average, else fewer bins are fitted (a bin of a
+# handful of tokens is fitted to noise, often at the search bound).
+MAX_BINS = 64
+MIN_TOKENS_PER_BIN = 16
+
+log = logging.getLogger("svdecode")
+
+
+def at_bound(mu: float) -> bool:
+    """A strength at the search bound |mu| = MU_LIMIT: the loss still fell there, the fit is
+    unbounded (the data cannot pin a strength down), so it is never applied."""
+    return abs(mu) >= MU_LIMIT
 
 
 @dataclass(frozen=True)
@@ -304,6 +319,15 @@ def choose_strength(
     else:
         verdict = f"held-out gain {chosen.mean_gain:+.4g} vs its standard error {chosen.se:.3g} ({len(chosen.gains)} folds, judged on {chosen.judge})"
         decision = {"enabled": True, "passed": chosen.passes, "reason": verdict}
+    if decision["passed"] is not False and at_bound(estimates[objective]):
+        decision = {
+            "enabled": guard,
+            "passed": False,
+            "unbounded": True,
+            "reason": f"the {objective} fit ran to the search bound (mu = {estimates[objective]:.4g}, |mu| = "
+            f"{MU_LIMIT:g}): the loss still falls there, so the data do not determine a strength; not applied",
+        }
+        log.warning("calibration: %s", decision["reason"])
     on = decision["passed"] is not False
     bin_info = _binned(stats, choices, splits, bins, chosen) if bins > 1 and on else None
     return StrengthChoice(
@@ -322,12 +346,29 @@ def _binned(
     splits: Sequence[Split],
     bins: int,
     scalar: CrossValidation | None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Binned strengths fitted on everything; applied only if their held-out gain beats the scalar
-    strength's by more than its standard error (and passes the guard's own rule)."""
-    edges = confidence_edges(stats, bins)
+    strength's by more than its standard error (and passes the guard's own rule), and never when
+    a bin's fit is unbounded. Fewer bins than asked when the tokens do not fill them (None: < 2)."""
+    used = min(bins, len(stats) // MIN_TOKENS_PER_BIN)
+    if used < 2:
+        log.warning(
+            "calibration: no confidence bins: %d answer tokens, %d per bin needed", len(stats), MIN_TOKENS_PER_BIN
+        )
+        return None
+    edges = confidence_edges(stats, used)
     fits = [m.mu for m in fit_binned(stats, edges)]
     out: dict[str, Any] = {"observable": "log_max_p_adapted", "edges": edges, "mu": fits, "applied": False}
+    if used < bins:
+        out["note"] = f"{used} bins of the {bins} asked: {len(stats)} answer tokens, {MIN_TOKENS_PER_BIN} per bin"
+        log.warning("calibration: %s", out["note"])
+    if any(at_bound(m) for m in fits):
+        out["note"] = (
+            f"bin strengths at the search bound |mu| = {MU_LIMIT:g} (unbounded fits: the loss of those bins' "
+            "tokens still falls there, so they do not determine a strength); not applied"
+        )
+        log.warning("calibration: confidence-binned strengths %s: %s", fits, out["note"])
+        return out
     if splits:
         cvb = cross_validate_binned(splits, choices, edges)
         out["cv"] = cvb.to_json()

@@ -38,7 +38,7 @@ from svdecode.config import CONFIG_NAME, SteeringConfig
 from svdecode.errors import InputError
 from svdecode.kv_cache import StreamCache
 from svdecode.models import load_base, load_peft, load_tokenizer, same_adapter_weights
-from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.objectives import DEFAULT_OBJECTIVE, MAX_BINS, ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.scoring import batches, encode_pairs, split_pairs
 from svdecode.streams import (
     LogitStreams,
@@ -457,6 +457,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             objective = estimator
         prompts, answers = split_pairs(pairs)
         self._check_pairs(prompts, answers, max_length, batch_size, trim)
+        check("bins", bins, Rule("int", lo=0, hi=MAX_BINS))
         ids = [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]
         result = calibrate_streams(
             self.streams,
