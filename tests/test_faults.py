@@ -337,6 +337,29 @@ def _fresh_eval(c: Ctx) -> None:
     shutil.rmtree(c.eval)
 
 
+def _report(c: Ctx, results: Path, *extra: str) -> list[str]:
+    return ["report", str(results), "--out", str(c.new), *extra]
+
+
+def _other_results(c: Ctx) -> Path:
+    """A report of the golden evaluation in c.new, and a copy of its results elsewhere."""
+    assert main(_report(c, c.eval)) == 0
+    (c.tmp / "other").mkdir()
+    return Path(shutil.copy(c.eval / "results.json", c.tmp / "other" / "results.json"))
+
+
+def _only_the_new_report(c: Ctx, out: str, err: str) -> None:
+    entry = rundir.stage_entry(c.new, "report")
+    assert [r["path"] for r in entry["request"]["results"]] == [str(c.tmp / "other" / "results.json")]
+    assert sorted(p.name for p in c.new.iterdir() if not p.name.startswith(".")) == sorted(
+        [rundir.MANIFEST_NAME, *entry["outputs"]])  # fmt: skip
+
+
+def _limit_recorded(c: Ctx, out: str, err: str) -> None:
+    assert json.loads((c.new / "results.json").read_text())["config"]["limit"] == 2
+    assert "limit 2," in (c.new / "results.md").read_text()
+
+
 _rng = random.Random(13)  # "random points", reproducibly
 _STEPS = sorted(_rng.sample(range(1, 5), 2))
 _ITEMS = sorted(_rng.sample(range(0, 4), 2))
@@ -357,6 +380,17 @@ CASES: list[Case] = [
     case("flags", "generate --seed -1", lambda c: gen(c, "--seed", "-1"), 2, "--seed"),
     case("flags", "generate --mu nan", lambda c: gen(c, "--mu", "nan"), 2, "--mu", "finite"),
     case("flags", "generate --mu inf", lambda c: gen(c, "--mu", "inf"), 2, "--mu"),
+    case("flags", "generate --mu 1e39 (finite, beyond fp32)", lambda c: gen(c, "--mu", "1e39"), 2, "--mu",
+         "beyond what fp32 steering math can represent", "1e30", never=("finite",)),
+    case("flags", "generate --mu 1e300", lambda c: gen(c, "--mu", "1e300"), 2, "--mu", "fp32"),
+    case("flags", "generate --mu -1e31", lambda c: gen(c, "--mu=-1e31"), 2, "--mu", "fp32"),
+    case("flags", "generate --lam abc", lambda c: gen(c, "--lam", "abc"), 2, "--lam", "abc",
+         never=("_lam",)),
+    case("flags", "serve --mu 1e300", lambda c: ["serve", str(c.run), "--mu", "1e300"], 2, "--mu", "fp32"),
+    case("flags", "serve --port -1", lambda c: ["serve", str(c.run), "--port", "-1"], 2, "--port", "[1, 65535]"),
+    case("flags", "serve --alpha 2", lambda c: ["serve", str(c.run), "--alpha", "2"], 2, "--alpha", "[0, 1]"),
+    case("flags", "calibrate --confidence-bins 100000", lambda c: cal(c, "--confidence-bins", "100000"), 2,
+         "--confidence-bins", "64"),
     case("flags", "generate --alpha 1.5", lambda c: gen(c, "--alpha", "1.5"), 2, "--alpha", "[0, 1]"),
     case("flags", "generate --lam inf", lambda c: gen(c, "--lam", "inf"), 2, "--lam"),
     case("flags", "generate --stop ''", lambda c: gen(c, "--stop", ""), 2, "--stop"),
@@ -410,6 +444,10 @@ CASES: list[Case] = [
          "r.json", "not valid JSON"),
     case("paths", "report: not a results file", lambda c: ["report", str(c.file("r.json", "[1]")), "--out",
          str(c.new)], 2, "r.json", "not an svdecode results file"),
+    case("paths", "report --out is a file", lambda c: _report(c, c.eval)[:3] + [str(c.data)], 2, "task.jsonl",
+         "is a file", never=("Errno",)),
+    case("paths", "demo --out is a file", lambda c: ["demo", "--out", str(c.data)], 2, "task.jsonl", "is a file",
+         never=("Errno",)),
     case("paths", "calibrate --out is a file", lambda c: cal(c, "--out", str(c.data)), 2, "task.jsonl", "is a file"),
     # -- data files: the message names the file and the row
     case("data", "--data missing", lambda c: ["warmstart", "--data", str(c.tmp / "none.jsonl"), "--out", str(c.new)],
@@ -420,6 +458,12 @@ CASES: list[Case] = [
          "nocol.jsonl", "'prompt'", "line 1"),
     case("data", "--data empty answer", lambda c: data(c, "ea.jsonl", '{"prompt": "a", "answer": ""}\n'), 2,
          "ea.jsonl", "line 1"),
+    case("data", "--data a .json holding one object", lambda c: data(c, "one.json", json.dumps(ROWS[0])), 2,
+         "one.json", "single JSON object"),
+    case("data", "--data a .json holding one object over lines", lambda c: data(c, "one2.json",
+         json.dumps(ROWS[0], indent=2)), 2, "one2.json", "single JSON object"),
+    case("data", "a bad row's hint names --skip-bad-rows", lambda c: data(c, "bad2.jsonl",
+         '{"prompt": "a", "answer": " b"}\n{"prompt": "a"}\n'), 2, "bad2.jsonl", "line 2", "--skip-bad-rows"),
     case("data", "--data empty file", lambda c: data(c, "empty.jsonl", ""), 2, "empty.jsonl", "no rows"),
     case("data", "--data a list of numbers", lambda c: data(c, "list.json", "[1, 2]"), 2, "list.json", "row 1"),
     case("data", "--data csv without the --prompt-col", lambda c: data(c, "t.csv", "q,answer\nhi, there\n"), 2,
@@ -436,6 +480,9 @@ CASES: list[Case] = [
     artifact("config mu as a string", lambda d: d.update(mu="1.0"), "'mu'", "str"),
     artifact("config mu as a bool", lambda d: d.update(mu=True), "'mu'", "bool"),
     artifact("config mu NaN", lambda d: d.update(mu=float("nan")), "'mu'", "finite"),
+    artifact("config mu 1e39", lambda d: d.update(mu=1e39), "'mu'", "fp32", "1e30"),
+    artifact("config mu_bins strength 1e39", lambda d: d.update(mu_bins={"observable": "log_max_p_adapted",
+             "edges": [-1.0], "mu": [0.5, 1e39]}), "'mu_bins'", "fp32"),
     artifact("config alpha 1.5", lambda d: d.update(alpha=1.5), "'alpha'", "[0, 1]"),
     artifact("config alpha as a string", lambda d: d.update(alpha="0.1"), "'alpha'", "str"),
     artifact("config lam a word", lambda d: d.update(lam="lots"), "'lam'", "-inf"),
@@ -523,6 +570,17 @@ CASES: list[Case] = [
          "already holds a finished warm-start", "--overwrite"),
     case("run dirs", "warmstart --overwrite never deletes a user's files", lambda c: ws(c, "--overwrite", out=c.run),
          2, "notes.txt", "did not write", setup=lambda c: (c.run / "notes.txt").write_text("mine")),
+    case("run dirs", "warmstart with other options into a finished one names them", lambda c: ws(c, out=c.A), 2,
+         "already holds a finished warm-start asked for something else", "config.max_steps: 2 -> 4", "--overwrite"),
+    case("run dirs", "report of other results into a report's --out", lambda c: _report(c, c.extra["other"]), 2,
+         "holds a report of other results", "results", "--overwrite",
+         setup=lambda c: c.extra.update(other=_other_results(c))),
+    case("run dirs", "report of other results with --overwrite replaces it", lambda c: _report(c, c.extra["other"],
+         "--overwrite"), 0, setup=lambda c: c.extra.update(other=_other_results(c)), after=_only_the_new_report),
+    case("run dirs", "report of the same results again", lambda c: _report(c, c.eval), 0,
+         setup=lambda c: main(_report(c, c.eval))),
+    case("run dirs", "report into a folder of the user's files", lambda c: _report(c, c.eval), 2, "notes.txt",
+         "did not record", setup=lambda c: (c.new.mkdir(), (c.new / "notes.txt").write_text("mine"))),
     case("run dirs", "warmstart over an interrupted one without --resume", lambda c: ws(c), 2, ".partial",
          "step 2", "--resume", "--overwrite", setup=_interrupted_warmstart),
     case("run dirs", "warmstart over an interrupted one with --overwrite", lambda c: ws(c, "--overwrite"), 0,
@@ -577,6 +635,12 @@ CASES: list[Case] = [
     case("inputs", "--max-new-tokens beyond the context", lambda c: gen(c, "--max-new-tokens", "300"), 2,
          "max_new_tokens=300", "context of 256"),
     case("inputs", "beam search --num-beams 2", lambda c: gen(c, "--num-beams", "2"), 0),
+    case("inputs", "--steered with --adapter", lambda c: gen(c, "--adapter", str(c.A)), 2, "--steered", "--adapter",
+         "not both"),
+    case("inputs", "--adapter on a calibrated directory says which mu", lambda c: ["generate", "--adapter",
+         str(c.run), "--prompt", "x", "--max-new-tokens", "2"], 0, "mu = 0", "steering_config.json",
+         lambda c: f"--steered {c.run}"),
+    case("inputs", "eval --limit is recorded", lambda c: eval_args(c.run, c.new), 0, after=_limit_recorded),
 ]
 # fmt: on
 
