@@ -64,6 +64,10 @@ def _log_probs(
             "shape; base and adapted models must share one vocabulary"
         )
     clean = check_finite(logits_adapted, "adapted logits") & check_finite(logits_base, "base logits")
+    if not clean:  # -inf entries: a row of nothing but -inf has no distribution (softmax is NaN)
+        for x, name in ((logits_adapted, "adapted"), (logits_base, "base")):
+            if bool(torch.isneginf(x).all(dim=-1).any()):
+                raise ValueError(f"{name} logits: a row has no finite logit (all -inf): there is no distribution")
     return (
         torch.log_softmax(logits_adapted.float(), dim=-1),
         torch.log_softmax(logits_base.float(), dim=-1),
