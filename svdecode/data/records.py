@@ -55,8 +55,11 @@ def infer_format(path: Path, fmt: str | None) -> str:
     if suffix in (".csv", ".tsv"):
         return suffix[1:]
     if suffix == ".json":  # a .json file holding one object per line is common: look at it
-        with _open(path) as f:
-            text = f.read().lstrip()
+        try:
+            with _open(path) as f:
+                text = f.read().lstrip()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e})") from e
         if not text.startswith("{"):
             return "json"
         try:
