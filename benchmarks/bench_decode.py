@@ -11,6 +11,7 @@ Measures, in one run:
 
 Usage: python benchmarks/bench_decode.py [--quick] [--json out.json]
        [--dtype bfloat16] [--device cuda] [--batches 1 8 32]   (throughput in another dtype/device)
+       [--model DIR --random-weights]   (DIR's config and tokenizer, random weights: see gpu_decode.sh)
 """
 
 from __future__ import annotations
@@ -81,13 +82,34 @@ def environment() -> dict[str, Any]:
 
 
 # -- model and inputs ------------------------------------------------------------------------------
-def build_peft_model(model_name: str, seed: int, dtype: str = "float32", device: str | None = None):
+def random_base(folder: str, seed: int, dtype: str, device: str | None):
+    """A model with the folder's config.json and seeded random weights, and the folder's tokenizer.
+
+    Throughput does not depend on the weights' values (every run decodes exactly ``new_tokens``), so
+    a GPU run can measure a model whose weights are too large to carry to the machine."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from svdecode.models import load_tokenizer, resolve_device, resolve_dtype
+
+    torch.manual_seed(seed)
+    dev = resolve_device(device) or torch.device("cpu")
+    with dev:  # initialise on the device: a CPU init of a 1.5B model takes a minute
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=resolve_dtype(dtype))
+    return model.eval(), load_tokenizer(folder)
+
+
+def build_peft_model(
+    model_name: str, seed: int, dtype: str = "float32", device: str | None = None, random: bool = False
+):
     """The base model with a seeded, non-trivial LoRA adapter (r=8, alpha=16, q_proj/v_proj)."""
     from peft import LoraConfig, get_peft_model
 
     from svdecode.models import load_base
 
-    base, tok = load_base(model_name, dtype=dtype, device=device)
+    if random:
+        base, tok = random_base(model_name, seed, dtype, device)
+    else:
+        base, tok = load_base(model_name, dtype=dtype, device=device)
     torch.manual_seed(seed)
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     peft_model = get_peft_model(base, cfg)
@@ -228,18 +250,26 @@ def random_logits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return z_phi, z_phi + torch.randn(STEER_SHAPE, generator=gen)
 
 
-def bench_steer_time(calls: int) -> dict[str, Any]:
+def bench_steer_time(calls: int, device: torch.device | None = None) -> dict[str, Any]:
     from svdecode.steering import steer_logits
 
-    z_phi, z_theta = random_logits()
+    device = device or torch.device("cpu")
+    z_phi, z_theta = (z.to(device) for z in random_logits())
     for _ in range(3):
         steer_logits(z_phi, z_theta, MU, alpha=ALPHA)
     times = []
     for _ in range(calls):
+        synchronize(device)
         start = time.perf_counter()
         steer_logits(z_phi, z_theta, MU, alpha=ALPHA)
+        synchronize(device)
         times.append(time.perf_counter() - start)
-    return {"shape": list(STEER_SHAPE), "calls": calls, "median_ms": 1e3 * statistics.median(times)}
+    return {
+        "shape": list(STEER_SHAPE),
+        "calls": calls,
+        "device": str(device),
+        "median_ms": 1e3 * statistics.median(times),
+    }
 
 
 def child_steer_memory() -> dict[str, Any]:
@@ -269,7 +299,7 @@ def child_decode_rss(args: argparse.Namespace) -> dict[str, Any]:
     reset at ``ready``: loading in bf16 converts the fp32 checkpoint and peaks above the resident
     model, which is not what decoding costs.
     """
-    peft_model, tok = build_peft_model(args.model, args.seed, args.dtype)
+    peft_model, tok = build_peft_model(args.model, args.seed, args.dtype, random=args.random_weights)
     fn = decoders(peft_model, tok)[args.child]
     decode(fn, make_inputs(tok, 1), 1, tok.pad_token_id)
     ready = proc_status_kb("VmRSS") * 1024
@@ -284,7 +314,7 @@ def run_child(
     cmd = [sys.executable, __file__, "--child", child, "--model", args.model, "--seed", str(args.seed)]
     cmd += ["--dtype", dtype]
     cmd += ["--new-tokens", str(args.new_tokens), "--rss-batch", str(args.rss_batch)]
-    cmd += ["--threads", str(torch.get_num_threads())]
+    cmd += ["--threads", str(torch.get_num_threads())] + (["--random-weights"] if args.random_weights else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ | (env or {}))
     if proc.returncode != 0:
         raise RuntimeError(f"child {child!r} failed:\n{proc.stderr[-2000:]}")
@@ -404,6 +434,11 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--device", default=None, help="cpu (default), cuda, mps: where the throughput runs go")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="--model is a folder with config.json + tokenizer: build it with seeded random weights",
+    )
     ap.add_argument("--child", choices=["plain", "steered", "steer_memory"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.new_tokens = args.new_tokens or (16 if args.quick else 64)
@@ -420,16 +455,20 @@ def main() -> None:
         print(json.dumps(result))
         return
     start = time.perf_counter()
-    peft_model, tok = build_peft_model(args.model, args.seed, args.dtype, args.device)
+    peft_model, tok = build_peft_model(args.model, args.seed, args.dtype, args.device, args.random_weights)
     base = peft_model.get_base_model()
     n_params = sum(p.numel() for p in base.parameters()) / 1e6
     vocab = base.get_output_embeddings().weight.shape[0]
-    model = f"{args.model} ({n_params:.0f}M params, vocab {vocab}), {args.dtype} weights on {base.device}"
+    weights = "random weights, " if args.random_weights else ""
+    model = f"{args.model} ({n_params:.0f}M params, vocab {vocab}), {weights}{args.dtype} weights on {base.device}"
     res: dict[str, Any] = {"env": environment(), "model": model}
     res["throughput"] = bench_throughput(peft_model, tok, args.batches, args.new_tokens, args.repeats)
     if base.device.type != "cpu":  # the rest measures this CPU
+        res["steer_math"] = bench_steer_time(args.steer_calls, base.device)
         res["seconds"] = time.perf_counter() - start
         report_throughput(res)
+        st = res["steer_math"]
+        print(f"\nsteering math on {st['device']}: steer_logits on {st['shape']} fp32: {st['median_ms']:.3f} ms/call")
         finish(res, args)
         return
     with torch.inference_mode():
