@@ -67,7 +67,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True, overwrite: bool = False) ->
     cfg.validate()
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} is a file, not a directory; give a directory for the demo's runs")
+        raise InputError(
+            f"--out {str(out)!r} is a file, not a directory; give a directory for the demo's runs"
+        )
     check_eval_dir(out / "eval", overwrite)
     with rundir.locked(out):
         return _run_demo(cfg, out, progress, overwrite)

@@ -353,14 +353,18 @@ def _binned(
     used = min(bins, len(stats) // MIN_TOKENS_PER_BIN)
     if used < 2:
         log.warning(
-            "calibration: no confidence bins: %d answer tokens, %d per bin needed", len(stats), MIN_TOKENS_PER_BIN
+            "calibration: no confidence bins: %d answer tokens, %d per bin needed",
+            len(stats),
+            MIN_TOKENS_PER_BIN,
         )
         return None
     edges = confidence_edges(stats, used)
     fits = [m.mu for m in fit_binned(stats, edges)]
     out: dict[str, Any] = {"observable": "log_max_p_adapted", "edges": edges, "mu": fits, "applied": False}
     if used < bins:
-        out["note"] = f"{used} bins of the {bins} asked: {len(stats)} answer tokens, {MIN_TOKENS_PER_BIN} per bin"
+        out["note"] = (
+            f"{used} bins of the {bins} asked: {len(stats)} answer tokens, {MIN_TOKENS_PER_BIN} per bin"
+        )
         log.warning("calibration: %s", out["note"])
     if any(at_bound(m) for m in fits):
         out["note"] = (

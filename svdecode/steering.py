@@ -67,7 +67,9 @@ def _log_probs(
     if not clean:  # -inf entries: a row of nothing but -inf has no distribution (softmax is NaN)
         for x, name in ((logits_adapted, "adapted"), (logits_base, "base")):
             if bool(torch.isneginf(x).all(dim=-1).any()):
-                raise ValueError(f"{name} logits: a row has no finite logit (all -inf): there is no distribution")
+                raise ValueError(
+                    f"{name} logits: a row has no finite logit (all -inf): there is no distribution"
+                )
     return (
         torch.log_softmax(logits_adapted.float(), dim=-1),
         torch.log_softmax(logits_base.float(), dim=-1),

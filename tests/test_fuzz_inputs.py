@@ -44,7 +44,12 @@ def _read(name: str, content: bytes):
 def _check_examples(examples) -> None:
     assert len(examples) > 0
     for ex in examples:
-        assert isinstance(ex.prompt, str) and isinstance(ex.answer, str) and ex.prompt.strip() and ex.answer.strip()
+        assert (
+            isinstance(ex.prompt, str)
+            and isinstance(ex.answer, str)
+            and ex.prompt.strip()
+            and ex.answer.strip()
+        )
 
 
 @given(st.binary(max_size=300), st.sampled_from(SUFFIXES))

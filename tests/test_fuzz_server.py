@@ -52,7 +52,13 @@ def _send(url: str, case, model: str | None) -> httpx.Response:
     body = case.body
     if model is not None and isinstance(body, dict):
         body = {**body, "model": model}
-    kw = {"content": b""} if body is NOT_SET else {"content": body} if isinstance(body, (bytes, str)) else {"json": body}
+    kw = (
+        {"content": b""}
+        if body is NOT_SET
+        else {"content": body}
+        if isinstance(body, (bytes, str))
+        else {"json": body}
+    )
     headers = {"Content-Type": "application/json"} if "json" in kw or case.media_type is None else {
         "Content-Type": case.media_type}  # fmt: skip
     return httpx.post(url + case.path, headers=headers, timeout=60, **kw)

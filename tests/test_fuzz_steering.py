@@ -45,7 +45,9 @@ def logit_pairs(draw, max_vocab: int = 12, inf: bool = True) -> tuple[torch.Tens
     n = math.prod(lead) * vocab
     value = st.one_of(ORDINARY, TIES, _extreme(dtype))
     za = torch.tensor(draw(st.lists(value, min_size=n, max_size=n)), dtype=torch.float64).view(*lead, vocab)
-    shift = torch.tensor(draw(st.lists(st.one_of(ORDINARY, TIES), min_size=n, max_size=n)), dtype=torch.float64)
+    shift = torch.tensor(
+        draw(st.lists(st.one_of(ORDINARY, TIES), min_size=n, max_size=n)), dtype=torch.float64
+    )
     zb = za + shift.view_as(za)
     if inf:
         holes = torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n))).view_as(za)

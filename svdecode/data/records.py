@@ -164,7 +164,9 @@ def collect(
             good.append(item)
     if bad and not skip_bad_rows:
         shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise DataError(f"{source}: {len(bad)} bad row(s): {shown} (pass --skip-bad-rows (skip_bad_rows=True) to leave them out)")
+        raise DataError(
+            f"{source}: {len(bad)} bad row(s): {shown} (pass --skip-bad-rows (skip_bad_rows=True) to leave them out)"
+        )
     if not good:
         why = f"all {len(bad)} row(s) are bad, e.g. {bad[0]}" if bad else "it holds no rows"
         raise DataError(f"{source}: no usable examples: {why}")

@@ -113,9 +113,15 @@ def check_out_dir(out: Path, overwrite: bool, request: dict[str, Any] | None = N
     if not overwrite:
         entry = rundir.stage_entry(out, "warmstart")
         if entry is not None and request is not None:
-            same_base = request.get("base") is None or same_model_name(entry["request"].get("base"), request["base"])
-            diff = rundir.diff_requests(entry["request"], request, REUSE_IGNORED + (("base",) if same_base else ()))
-            what += f" asked for something else ({rundir.summarize(diff)})" if diff else " of the same request"
+            same_base = request.get("base") is None or same_model_name(
+                entry["request"].get("base"), request["base"]
+            )
+            diff = rundir.diff_requests(
+                entry["request"], request, REUSE_IGNORED + (("base",) if same_base else ())
+            )
+            what += (
+                f" asked for something else ({rundir.summarize(diff)})" if diff else " of the same request"
+            )
         raise WarmstartError(
             f"{str(out)!r} already holds {what}; use it as it is, pass overwrite=True (--overwrite) to "
             "train it again (replacing the directory), or choose another output directory (--out)"

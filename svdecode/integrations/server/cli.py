@@ -42,13 +42,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", default="float32", type=str.lower, choices=DTYPE_NAMES)
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto")
     m.add_argument(
-        "--mu", type=_checked(None), default=None, help="default mu of the steered model (else the calibrated one)"
+        "--mu",
+        type=_checked(None),
+        default=None,
+        help="default mu of the steered model (else the calibrated one)",
     )
     m.add_argument(
         "--alpha",
         type=_checked(checks.UNIT_INTERVAL),
         default=None,
-        help="default confidence-mask alpha of the steered model"
+        help="default confidence-mask alpha of the steered model",
     )
     m.add_argument(
         "--model-name",
