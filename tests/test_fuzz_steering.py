@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from svdecode.steering import (
@@ -36,14 +36,16 @@ def _extreme(dtype: torch.dtype) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def logit_pairs(draw, max_vocab: int = 12, inf: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_pairs(
+    draw, max_vocab: int = 12, inf: bool = True, extreme: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(adapted, base) logits of one random shape and dtype; -inf only where a row keeps a finite
     entry, and in the base only where the adapted logit is -inf too (else the KL is infinite)."""
     dtype = draw(st.sampled_from(DTYPES))
     vocab = draw(st.integers(2, max_vocab))
     lead = draw(st.lists(st.integers(1, 3), max_size=2))
     n = math.prod(lead) * vocab
-    value = st.one_of(ORDINARY, TIES, _extreme(dtype))
+    value = st.one_of(ORDINARY, TIES, _extreme(dtype)) if extreme else st.one_of(ORDINARY, TIES)
     za = torch.tensor(draw(st.lists(value, min_size=n, max_size=n)), dtype=torch.float64).view(*lead, vocab)
     shift = torch.tensor(
         draw(st.lists(st.one_of(ORDINARY, TIES), min_size=n, max_size=n)), dtype=torch.float64
@@ -160,15 +162,16 @@ def test_token_mu_equals_the_jacobian_reference(pair, data):
 
 @given(logit_pairs(), st.integers(0, 2))
 def test_an_infinite_kl_is_refused_with_a_message(pair, row_pick):
-    """A base -inf on a token the adapted model allows (its top token) is refused, never NaN."""
+    """A base -inf on a token the adapted model allows (its top token) is refused, never NaN (a
+    base row left with no finite logit at all is refused as such: found by the deep run)."""
     za, zb = pair
     rows = za.reshape(-1, za.shape[-1]).clone()
     base = zb.reshape(-1, zb.shape[-1]).clone()
     r = row_pick % rows.shape[0]
     base[r, rows[r].double().argmax()] = NEG_INF
-    with pytest.raises(ValueError, match="KL"):
+    with pytest.raises(ValueError, match="KL|no finite logit"):
         steering_vector(rows, base)
-    with pytest.raises(ValueError, match="KL"):
+    with pytest.raises(ValueError, match="KL|no finite logit"):
         steer_logits(rows, base, 1.0)
 
 
@@ -185,12 +188,11 @@ def test_a_row_of_only_minus_inf_is_refused(vocab, dtype):
 # -- statistics-based calibration -------------------------------------------------------------
 
 
-@given(logit_pairs(max_vocab=10, inf=False), st.data())
+@given(logit_pairs(max_vocab=10, inf=False, extreme=False), st.data())
 def test_statistics_give_the_direct_steered_score_at_random_mu(pair, data):
     """nll(stats, mu) and the per-token log-probs from the sufficient statistics equal scoring
     with the full steered logits (scoring mode, lam=None) at a random mu."""
     za, zb = (x.double().reshape(-1, x.shape[-1]) for x in pair)
-    assume(_scale(za, zb) <= 1e3)  # beyond that fp32 rounding of the direct path dominates
     n, vocab = za.shape
     alpha = data.draw(ALPHAS)
     mu = data.draw(st.floats(-20, 20))
