@@ -355,6 +355,15 @@ def _only_the_new_report(c: Ctx, out: str, err: str) -> None:
         [rundir.MANIFEST_NAME, *entry["outputs"]])  # fmt: skip
 
 
+def _never_serve(c: Ctx, monkeypatch) -> None:
+    """A serve case that is not refused would start a server and never return: fail instead."""
+
+    def serve(*a, **k):
+        raise AssertionError("svdecode serve started although its flags are invalid")
+
+    monkeypatch.setattr("svdecode.integrations.server.app.serve", serve)
+
+
 def _limit_recorded(c: Ctx, out: str, err: str) -> None:
     assert json.loads((c.new / "results.json").read_text())["config"]["limit"] == 2
     assert "limit 2," in (c.new / "results.md").read_text()
@@ -386,9 +395,12 @@ CASES: list[Case] = [
     case("flags", "generate --mu -1e31", lambda c: gen(c, "--mu=-1e31"), 2, "--mu", "fp32"),
     case("flags", "generate --lam abc", lambda c: gen(c, "--lam", "abc"), 2, "--lam", "abc",
          never=("_lam",)),
-    case("flags", "serve --mu 1e300", lambda c: ["serve", str(c.run), "--mu", "1e300"], 2, "--mu", "fp32"),
-    case("flags", "serve --port -1", lambda c: ["serve", str(c.run), "--port", "-1"], 2, "--port", "[1, 65535]"),
-    case("flags", "serve --alpha 2", lambda c: ["serve", str(c.run), "--alpha", "2"], 2, "--alpha", "[0, 1]"),
+    case("flags", "serve --mu 1e300", lambda c: ["serve", str(c.run), "--mu", "1e300"], 2, "--mu", "fp32",
+         inject=_never_serve),
+    case("flags", "serve --port -1", lambda c: ["serve", str(c.run), "--port", "-1"], 2, "--port", "[1, 65535]",
+         inject=_never_serve),
+    case("flags", "serve --alpha 2", lambda c: ["serve", str(c.run), "--alpha", "2"], 2, "--alpha", "[0, 1]",
+         inject=_never_serve),
     case("flags", "calibrate --confidence-bins 100000", lambda c: cal(c, "--confidence-bins", "100000"), 2,
          "--confidence-bins", "64"),
     case("flags", "generate --alpha 1.5", lambda c: gen(c, "--alpha", "1.5"), 2, "--alpha", "[0, 1]"),
