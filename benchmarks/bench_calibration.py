@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from svdecode.objectives import ChoiceItem, ChoiceStats, choice_accuracy, choose_strength
-from svdecode.strength import TokenStats, minimise_nll, token_stats
+from svdecode.calibration.objectives import ChoiceItem, ChoiceStats, choice_accuracy, choose_strength
+from svdecode.calibration.strength import TokenStats, minimise_nll, token_stats
 
 VOCAB = 49152
 
@@ -47,10 +47,10 @@ def synthetic(n_tokens: int, seed: int, groups_of: int = 10) -> TokenStats:
 def from_model(n_tokens: int, seed: int) -> TokenStats:
     from peft import LoraConfig, get_peft_model
 
-    from svdecode.calibration import collect_stats
+    from svdecode.calibration.calibrate import collect_stats
     from svdecode.data import load_commonsense, sample
-    from svdecode.models import load_base
-    from svdecode.streams import make_streams
+    from svdecode.model.loading import load_base
+    from svdecode.model.streams import make_streams
 
     base, tok = load_base("default")
     torch.manual_seed(seed)

@@ -89,7 +89,7 @@ def random_base(folder: str, seed: int, dtype: str, device: str | None):
     a GPU run can measure a model whose weights are too large to carry to the machine."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from svdecode.models import load_tokenizer, resolve_device, resolve_dtype
+    from svdecode.model.loading import load_tokenizer, resolve_device, resolve_dtype
 
     torch.manual_seed(seed)
     dev = resolve_device(device) or torch.device("cpu")
@@ -104,7 +104,7 @@ def build_peft_model(
     """The base model with a seeded, non-trivial LoRA adapter (r=8, alpha=16, q_proj/v_proj)."""
     from peft import LoraConfig, get_peft_model
 
-    from svdecode.models import load_base
+    from svdecode.model.loading import load_base
 
     if random:
         base, tok = random_base(model_name, seed, dtype, device)
@@ -140,9 +140,9 @@ def synchronize(device: torch.device) -> None:
 
 def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     """The three ways to decode, each a ``generate``-like callable."""
-    from svdecode.kv_cache import new_cache
-    from svdecode.steered_model import SteeredModel
-    from svdecode.streams import cache_kwargs
+    from svdecode.model.kv_cache import new_cache
+    from svdecode.model.steered_model import SteeredModel
+    from svdecode.model.streams import cache_kwargs
 
     steered = SteeredModel.from_peft(peft_model, tok, mu=MU, alpha=ALPHA)
     two_pass = SteeredModel.from_peft(peft_model, tok, mixed_batch=False, mu=MU, alpha=ALPHA)
@@ -151,7 +151,7 @@ def decoders(peft_model, tok) -> dict[str, Callable[..., torch.Tensor]]:
     base = peft_model.get_base_model()
 
     def plain_growing(**kwargs: Any) -> torch.Tensor:
-        # plain decoding with the KV-cache layout the steered streams use (svdecode.streams.GrowingLayer),
+        # plain decoding with the KV-cache layout the steered streams use (svdecode.model.streams.GrowingLayer),
         # to separate the cost of steering from the cheaper cache
         return peft_model.generate(**kwargs, **cache_kwargs(new_cache(base)))
 

@@ -50,8 +50,8 @@ def build_adapter(out: Path, seed: int = 0, mu: float = -1.0) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from svdecode.models import load_base
-    from svdecode.steered_model import SteeredModel
+    from svdecode.model.loading import load_base
+    from svdecode.model.steered_model import SteeredModel
 
     base, tok = load_base("default")
     torch.manual_seed(seed)

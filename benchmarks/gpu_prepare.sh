@@ -12,7 +12,7 @@ rm -rf .gpu && mkdir -p .gpu/whl .gpu/smollm2-135m .gpu/qwen2.5-1.5b
 pins=$(grep -E '^(transformers|peft)==' requirements/lock.txt)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/whl $pins
-src=$(.venv/bin/python -c 'from svdecode.models import default_model_path; print(default_model_path())')
+src=$(.venv/bin/python -c 'from svdecode.model.loading import default_model_path; print(default_model_path())')
 for f in config.json tokenizer.json tokenizer_config.json; do cp "$src/$f" .gpu/smollm2-135m/; done
 cp benchmarks/gpu/qwen2.5-1.5b-config.json .gpu/qwen2.5-1.5b/config.json
 cp "$src/tokenizer.json" "$src/tokenizer_config.json" .gpu/qwen2.5-1.5b/

@@ -1,9 +1,14 @@
-"""Check the package's import structure: no import cycles between modules, the library core never
-imports the harness (train/, data/, eval/, demo, cli) or the integrations, and the integrations
-import only the core.
+"""Check the package's import structure by folder: no import cycles between modules, and each layer
+imports only what sits below it.
+
+- core: the top-level modules and steering/, calibration/, model/, runs/ — imports only the core;
+- harness: data/, train/, eval/ — imports the core and the harness, never cli/ or integrations/;
+- integrations/: imports the core and itself only;
+- cli/: the top, may import everything.
 
 Counts every ``import`` in a module, also those inside functions (a lazy import is still a
-dependency). Prints the layers and exits 1 on a violation. Run: python scripts/check_layers.py
+dependency). A new folder must be given a layer here (an unknown folder is a violation). Prints the
+layers and exits 1 on a violation. Run: python scripts/check_layers.py
 """
 
 from __future__ import annotations
@@ -13,25 +18,31 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "svdecode"
-CORE = {
-    "svdecode",
-    "svdecode.steering",
-    "svdecode.strength",
-    "svdecode.objectives",
-    "svdecode.streams",
-    "svdecode.kv_cache",
-    "svdecode.steered_model",
-    "svdecode.scoring",
-    "svdecode.calibration",
-    "svdecode.config",
-    "svdecode.models",
-    "svdecode.fileio",
-    "svdecode.versions",
-    "svdecode.errors",
-    "svdecode.checks",
-    "svdecode.fingerprint",
-    "svdecode.rundir",
+CORE_FOLDERS = ("steering", "calibration", "model", "runs")
+HARNESS_FOLDERS = ("data", "train", "eval")
+# which layers each layer may import
+ALLOWED = {
+    "core": {"core"},
+    "harness": {"core", "harness"},
+    "integrations": {"core", "integrations"},
+    "cli": {"core", "harness", "integrations", "cli"},
 }
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of a dotted module name, from its folder; None for a folder no layer names."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "core"  # the package itself
+    folder = parts[1]
+    is_package = len(parts) > 2 or (ROOT / folder).is_dir()
+    if not is_package or folder in CORE_FOLDERS:
+        return "core"  # a top-level module, or a core folder
+    if folder in HARNESS_FOLDERS:
+        return "harness"
+    if folder in ("integrations", "cli"):
+        return folder
+    return None
 
 
 def module_name(path: Path) -> str:
@@ -73,10 +84,23 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def main() -> int:
-    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+def violations(graph: dict[str, set[str]], layer=layer_of) -> list[str]:
+    """Every edge of ``graph`` (module -> modules it imports) that goes up or across the layers."""
+    bad = []
+    for m in sorted(graph):
+        if (src := layer(m)) is None:
+            bad.append(f"{m} is in a folder no layer names (add it to scripts/check_layers.py)")
+            continue
+        for n in sorted(graph[m]):
+            if (dst := layer(n)) is not None and dst not in ALLOWED[src]:
+                bad.append(f"{m} ({src}) imports {n} ({dst})")
+    return bad
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    files = {module_name(p): p for p in root.rglob("*.py")}
     # a package's __init__ importing its own submodules is how it re-exports them, not a cycle
-    graph = {
+    return {
         m: {
             n
             for n in imports(p, set(files))
@@ -84,17 +108,25 @@ def main() -> int:
         }
         for m, p in files.items()
     }
-    bad = [f"{m} imports {n}" for m in sorted(CORE & set(graph)) for n in sorted(graph[m] - CORE)]
-    integrations = {m for m in graph if m.startswith("svdecode.integrations")}
-    bad += [f"{m} imports {n}" for m in sorted(integrations) for n in sorted(graph[m] - CORE - integrations)]
+
+
+def main() -> int:
+    graph = import_graph()
+    bad = violations(graph)
     cycle = find_cycle(graph)
-    print(f"{len(graph)} modules; core: {', '.join(sorted(CORE))}")
+    layers: dict[str, list[str]] = {}
+    for m in graph:
+        layers.setdefault(layer_of(m) or "?", []).append(m)
+    print(f"{len(graph)} modules: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(layers.items())))
+    print(
+        f"core folders: {', '.join(CORE_FOLDERS)} (+ top-level modules); harness: {', '.join(HARNESS_FOLDERS)}"
+    )
     for line in bad:
         print(f"LAYER VIOLATION: {line}")
     if cycle:
         print("IMPORT CYCLE: " + " -> ".join(cycle))
     if not bad and not cycle:
-        print("no import cycles; the core imports only the core; the integrations only the core")
+        print("no import cycles; core imports only core; harness no cli/integrations; integrations only core")
     return 1 if bad or cycle else 0
 
 

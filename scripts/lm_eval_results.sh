@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p runs/lm-eval runs/logs
-BASE=$(python -c "from svdecode.models import default_model_path; print(default_model_path())")
+BASE=$(python -c "from svdecode.model.loading import default_model_path; print(default_model_path())")
 TQA=(--tasks svdecode_truthfulqa_mc1,svdecode_truthfulqa_mc2 --samples runs/lm-eval/tqa_samples.json)
 CS=(--tasks svdecode_commonsense --limit 200)
 COMMON=(--batch_size 4 --device cpu --log_samples)

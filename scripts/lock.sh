@@ -18,10 +18,10 @@ else
 fi
 keep=(-c requirements/lock.txt)
 [ "${UPGRADE:-0}" = 1 ] && keep=()
-"$tmp/venv/bin/pip" install -q "${keep[@]}" "torch==$TORCH" -e ".[dev,lm-eval]"
+"$tmp/venv/bin/pip" install -q "${keep[@]}" "torch==$TORCH" -e ".[dev,harness,lm-eval]"
 {
   echo "# Exact versions the committed numbers and tests were measured with; installed as constraints"
-  echo "# (pip install -c requirements/lock.txt -e .[dev,lm-eval]) by scripts/setup.sh. Regenerate with"
+  echo "# (pip install -c requirements/lock.txt -e .[dev,harness,lm-eval]) by scripts/setup.sh. Regenerate with"
   echo "# scripts/lock.sh; do not edit by hand. Python $(python3 -c 'import platform; print(platform.python_version())')."
   echo "pip==$("$tmp/venv/bin/pip" --version | cut -d' ' -f2)"
   # a CPU or CUDA build of the same torch release both satisfy the pin

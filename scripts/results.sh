@@ -4,7 +4,7 @@
 # threads per job one after the other). A rerun continues where it stopped: `run --resume` continues
 # an interrupted warm-start, a stage asked the same is reused, and evaluations resume from their
 # per-item caches. Calibration everywhere: the default objective (nll) with the 5-fold guard and
-# 3 confidence bins (svdecode.objectives); every evaluation records every objective's strength and
+# 3 confidence bins (svdecode.calibration.objectives); every evaluation records every objective's strength and
 # the strength curve (test = ORACLE) from one extra scoring pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 pip install -q "$(grep '^pip==' requirements/lock.txt)"
-pip install -q -c requirements/lock.txt -e ".[dev,lm-eval]"
+pip install -q -c requirements/lock.txt -e ".[dev,harness,lm-eval]"

@@ -24,11 +24,11 @@ def __getattr__(name: str):
 
         return getattr(steering, name)
     if name == "SteeredModel":
-        from svdecode.steered_model import SteeredModel
+        from svdecode.model.steered_model import SteeredModel
 
         return SteeredModel
     if name == "SteeringConfig":
-        from svdecode.config import SteeringConfig
+        from svdecode.model.config import SteeringConfig
 
         return SteeringConfig
     raise AttributeError(f"module 'svdecode' has no attribute {name!r}")

@@ -7,6 +7,9 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class SvdecodeError(Exception):
     """An input, file or directory svdecode refuses; the message names it and the way out."""
@@ -18,3 +21,18 @@ class InputError(SvdecodeError, ValueError):
 
 class ModelLoadError(SvdecodeError, RuntimeError):
     """A model, tokenizer or adapter could not be loaded or does not fit with another one."""
+
+
+class MissingExtraError(SvdecodeError, ImportError):
+    """A library an optional part of svdecode needs is not installed; the message names the extra."""
+
+
+def require_extra(module: str, extra: str, what: str) -> ModuleType:
+    """Import ``module`` for ``what``, or raise :class:`MissingExtraError` naming the pip extra that
+    installs it (``pip install 'svdecode[extra]'``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{what} needs {module.split('.')[0]!r}, which is not installed: pip install 'svdecode[{extra}]'"
+        ) from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 
 # What changes logits, training or evaluation: recorded with results and printed by `svdecode --version`.
@@ -17,14 +18,17 @@ DEPENDENCIES = (
     "huggingface_hub",
     "numpy",
 )
+# What the harness's text metrics and plots also depend on: recorded with evaluation results.
+HARNESS_DEPENDENCIES = ("sacrebleu", "rouge-score", "matplotlib")
 
 
-def dependency_versions() -> dict[str, str]:
-    """``{"python": ..., "svdecode": ..., "torch": ..., ...}``; "not installed" where absent."""
+def dependency_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """``{"python": ..., "svdecode": ..., "torch": ..., ...}`` for :data:`DEPENDENCIES` and ``extra``;
+    "not installed" where absent."""
     from svdecode import __version__
 
     out = {"python": platform.python_version(), "svdecode": __version__}
-    for name in DEPENDENCIES:
+    for name in (*DEPENDENCIES, *extra):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -10,6 +10,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -76,6 +84,31 @@ def make_model(
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
     return model
+
+
+# one of each adapter kind the streams support (tests/model/, tests/calibration/)
+PEFT_CONFIGS = {
+    "lora": lambda: LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    "ia3": lambda: IA3Config(
+        target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]
+    ),
+    "prompt_tuning": lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+    "p_tuning": lambda: PromptEncoderConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3, encoder_hidden_size=16
+    ),
+    "prefix_tuning": lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+}
+
+
+def make_peft(kind: str, vocab: int, seed: int = 0):
+    """A tiny PEFT model whose adapter visibly changes the distribution (random adapter weights)."""
+    model = get_peft_model(make_model(vocab, seed=seed), PEFT_CONFIGS[kind]())
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(k in name for k in ("lora_B", "ia3_l", "prompt_encoder")):
+                param.add_(torch.randn(param.shape, generator=gen) * (0.5 if "ia3" not in name else 0.3))
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@ before the reorganisation (tests/fixtures/run_v0, see its README) still loading 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from conftest import make_model
 from svdecode import eval as ev
 from svdecode.data import load_truthfulqa_mc
 from svdecode.eval.report import render_report
-from svdecode.steered_model import SteeredModel
+from svdecode.model.steered_model import SteeredModel
 from svdecode.train import load_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,65 @@ def test_no_import_cycles_and_the_core_imports_only_the_core():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no import cycles" in proc.stdout
+
+
+def _check_layers():
+    spec = importlib.util.spec_from_file_location("check_layers", ROOT / "scripts" / "check_layers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_layer_check_reads_layers_from_folders():
+    cl = _check_layers()
+    assert cl.layer_of("svdecode") == "core"
+    assert cl.layer_of("svdecode.errors") == "core"
+    assert cl.layer_of("svdecode.model.streams") == "core"
+    assert cl.layer_of("svdecode.calibration") == "core"
+    assert cl.layer_of("svdecode.eval.report") == "harness"
+    assert cl.layer_of("svdecode.data") == "harness"
+    assert cl.layer_of("svdecode.integrations.server.app") == "integrations"
+    assert cl.layer_of("svdecode.cli.commands") == "cli"
+    assert cl.layer_of("svdecode.newfolder.thing") is None
+
+
+def test_the_layer_check_flags_each_kind_of_upward_import_on_a_synthetic_graph():
+    cl = _check_layers()
+    graph = {
+        "svdecode.model.a": {"svdecode.errors", "svdecode.eval.report"},  # core -> harness
+        "svdecode.errors": set(),
+        "svdecode.eval.report": {"svdecode.model.a", "svdecode.cli.parser"},  # harness -> cli
+        "svdecode.integrations.x": {"svdecode.model.a", "svdecode.train.y"},  # integrations -> harness
+        "svdecode.train.y": {"svdecode.integrations.x"},  # harness -> integrations
+        "svdecode.cli.parser": {"svdecode.eval.report", "svdecode.integrations.x", "svdecode.model.a"},
+        "svdecode.newfolder.z": set(),
+    }
+    assert cl.violations(graph) == [
+        "svdecode.eval.report (harness) imports svdecode.cli.parser (cli)",
+        "svdecode.integrations.x (integrations) imports svdecode.train.y (harness)",
+        "svdecode.model.a (core) imports svdecode.eval.report (harness)",
+        "svdecode.newfolder.z is in a folder no layer names (add it to scripts/check_layers.py)",
+        "svdecode.train.y (harness) imports svdecode.integrations.x (integrations)",
+    ]
+    assert cl.find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert cl.find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_a_core_module_importing_the_harness_fails_the_check(tmp_path):
+    """The real script on a copy of the package with one planted core module that imports eval/."""
+    shutil.copytree(ROOT / "svdecode", tmp_path / "svdecode", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "check_layers.py", tmp_path / "scripts")
+    (tmp_path / "svdecode" / "model" / "planted.py").write_text(
+        "def f():\n    from svdecode.eval import report\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "scripts" / "check_layers.py")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert (
+        "LAYER VIOLATION: svdecode.model.planted (core) imports svdecode.eval.report (harness)" in proc.stdout
+    )
 
 
 def test_import_svdecode_pulls_in_no_harness_and_no_heavy_extras():
@@ -63,6 +124,9 @@ def test_an_old_run_dir_loads_with_its_recorded_settings(old_base):
 
 
 def test_an_old_evaluation_reproduces_and_reports(old_base, tmp_path):
+    pytest.importorskip(
+        "matplotlib", reason="the report's plots need the harness extra: pip install 'svdecode[harness]'"
+    )
     old = ev.load_results(FIXTURE / "eval")
     task = old["tasks"]["truthfulqa_mc"]
     model = SteeredModel.from_pretrained(FIXTURE / "adapter", base=str(old_base))

@@ -5,8 +5,9 @@ naming the file and the row, or, with ``skip_bad_rows=True``, is left out and co
 ``ExampleList.skipped``. Example ids use the 0-based position in the source file, so they stay
 the same when other rows are skipped; error messages use 1-based row / line numbers.
 
-May import: the standard library and ``datasets`` (hub loading). Nothing in the library core
-imports this package; ``train/`` and ``eval/`` do.
+Layer: harness (extra ``harness``). May import the core (``svdecode.errors``, ...) and
+``datasets`` (hub loading, via :func:`svdecode.errors.require_extra`); never ``cli/`` or
+``integrations/``. Nothing in the core imports this package; ``train/`` and ``eval/`` do.
 """
 
 from svdecode.data.commonsense import COMMONSENSE_DATASETS, LABELS, alpaca_prompt, load_commonsense

@@ -9,6 +9,7 @@ from typing import Any
 
 from svdecode.data.examples import DataError, Example, ExampleList
 from svdecode.data.records import BadRow, collect, infer_format, read_records, text_field
+from svdecode.errors import require_extra
 
 log = logging.getLogger("svdecode")
 
@@ -86,9 +87,8 @@ def load_hub(
 ) -> ExampleList:
     """Examples from a hub dataset via ``datasets.load_dataset``; any loading failure (offline,
     unknown name or split) becomes a DataError that suggests a local file."""
+    datasets = require_extra("datasets", "harness", f"loading the hub dataset {name!r}")
     try:
-        import datasets
-
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # the hub raises many types; the user needs one clear message
         raise DataError(

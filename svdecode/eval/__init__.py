@@ -29,8 +29,9 @@ Design notes
   item guards each file; a mismatch discards the stale cache.
 * **TaD** (Xu et al., IJCAI 2024) is not implemented: see ``NOT_IMPLEMENTED``.
 
-May import: the library core and ``svdecode.data``; matplotlib only inside :mod:`.plots`. Nothing
-in the core imports this package.
+Layer: harness (extra ``harness``). May import the core and ``svdecode.data``, never ``cli/`` or
+``integrations/``; matplotlib only inside :mod:`.plots`, sacrebleu and rouge-score only inside
+:mod:`.metrics` (a missing one names the extra). Nothing in the core imports this package.
 """
 
 from svdecode.eval.cache import ItemCache

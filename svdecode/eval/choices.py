@@ -10,9 +10,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from svdecode.calibration.objectives import ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.data import LABELS, Example, MCItem, load_truthfulqa_mc
 from svdecode.eval import metrics
-from svdecode.objectives import ChoiceItem, ItemMetric, choice_accuracy
 
 
 def mc_choice_item(item: MCItem, prompt: str) -> ChoiceItem:

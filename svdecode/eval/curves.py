@@ -1,7 +1,7 @@
 """mu-curves: the calibration objective and the test metric along the steering strength, with every
 objective's strength marked, from ONE scoring pass over the test set.
 
-The test items' options are scored once into sufficient statistics (:mod:`svdecode.strength`); the
+The test items' options are scored once into sufficient statistics (:mod:`svdecode.calibration.strength`); the
 test metric at any strength is then exact without touching the model again. The test curve is the
 ORACLE -- it is reported (headroom: its best point minus mu = 0; each objective's share of that)
 and never used to choose anything.
@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from svdecode.calibration import collect_choice_stats
+from svdecode.calibration.calibrate import collect_choice_stats
+from svdecode.calibration.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
+from svdecode.calibration.strength import binned_mu, search_grid
 from svdecode.eval import metrics
 from svdecode.eval.choices import commonsense_choice_item, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.methods import MethodSet, MethodSpec
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_mc import mc_prompt
 from svdecode.fileio import short_hash, write_json_atomic
-from svdecode.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
-from svdecode.strength import binned_mu, search_grid
 
 log = logging.getLogger("svdecode")
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from svdecode.errors import InputError
 from svdecode.eval.methods import GREEDY, MethodSpec, using_method
-from svdecode.scoring import batches
+from svdecode.model.scoring import batches
 
 log = logging.getLogger("svdecode")
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from svdecode.eval import metrics
 from svdecode.fileio import short_hash
-from svdecode.scoring import batches, encode_pairs
+from svdecode.model.scoring import batches, encode_pairs
 
 log = logging.getLogger("svdecode")
 
@@ -201,7 +201,7 @@ class LocalLMJudge(Judge):
         return next(self.model.parameters()).device
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from svdecode.streams import positions_from_mask
+        from svdecode.model.streams import positions_from_mask
 
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
 

@@ -19,10 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from svdecode.config import SteeringConfig
+from svdecode.calibration.objectives import (
+    DEFAULT_OBJECTIVE,
+    OBJECTIVES,
+    ChoiceItem,
+    ItemMetric,
+    choice_accuracy,
+)
 from svdecode.eval.strengths import CalibrationSettings, Calibrator
 from svdecode.fileio import jsonable
-from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.model.config import SteeringConfig
 
 log = logging.getLogger("svdecode")
 
@@ -107,7 +113,7 @@ def as_float(value: Any) -> float:
 class MethodSpec:
     """One row of the comparison: how the two streams are combined and how to decode.
 
-    ``method`` is a :data:`svdecode.config.METHODS` entry ("svdecode", "prob_space",
+    ``method`` is a :data:`svdecode.model.config.METHODS` entry ("svdecode", "prob_space",
     "logit_arithmetic", "adapted" = the PEFT model alone, "base" = the pre-trained model).
     ``lam`` is used for generation, ``score_lam`` for teacher-forced scoring (``None``: kept tokens
     steered, the others keep z_phi). ``reference`` names an extra method to compare with (e.g.
@@ -291,7 +297,7 @@ def build_methods(
     progress: bool = True,
     cache_dir: str | Path | None = None,
 ) -> MethodSet:
-    """The comparison set for ``model`` (a :class:`~svdecode.steered_model.SteeredModel`).
+    """The comparison set for ``model`` (a :class:`~svdecode.model.steered_model.SteeredModel`).
 
     Names: "base", "peft", "peft+svdecode" (mu_bar calibrated on ``calib``), "peft+logit_arith"
     (beta calibrated the same way with the logit-difference direction), "no_projection"
@@ -302,7 +308,7 @@ def build_methods(
     "peft+svdecode[d]"), and the groups of :data:`GROUPS`. "tad" is refused (see
     :data:`NOT_IMPLEMENTED`). Calibrated specs apply the calibration's decision for ``objective``
     (guarded by cross-validation, with confidence-binned strengths when kept; see
-    :func:`svdecode.objectives.choose_strength`); ``choices`` are the calibration questions' choice
+    :func:`svdecode.calibration.objectives.choose_strength`); ``choices`` are the calibration questions' choice
     items (task objective and guard). ``calib=None`` uses the model's stored svdecode mu for
     "peft+svdecode" and fails for anything else that needs calibrating.
     """

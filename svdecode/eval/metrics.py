@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.errors import require_extra
+
 
 def _z(conf: float) -> float:
     if not 0.0 < conf < 1.0:
@@ -247,7 +249,7 @@ NO_COMMENT = "I have no comment."
 
 @lru_cache(maxsize=1)
 def _bleu() -> Any:
-    from sacrebleu.metrics import BLEU
+    BLEU = require_extra("sacrebleu.metrics", "harness", "the BLEU metric of TruthfulQA generation").BLEU
 
     # The settings of TruthfulQA's metrics.bleu (and lm-eval-harness truthfulqa_gen).
     return BLEU(tokenize="intl", smooth_method="exp", smooth_value=0.0, effective_order=False)
@@ -255,7 +257,9 @@ def _bleu() -> Any:
 
 @lru_cache(maxsize=1)
 def _rouge() -> Any:
-    from rouge_score import rouge_scorer
+    rouge_scorer = require_extra(
+        "rouge_score.rouge_scorer", "harness", "the ROUGE metric of TruthfulQA generation"
+    )
 
     return rouge_scorer.RougeScorer(["rougeL"])
 

@@ -17,16 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.errors import require_extra
 from svdecode.eval.tables import TASK_TITLES, as_num, headline, n_items
 
 
 def _plt():
-    import matplotlib
-
+    matplotlib = require_extra("matplotlib", "harness", "the report's plots")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require_extra("matplotlib.pyplot", "harness", "the report's plots")
 
 
 def _grouped_bars(

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from svdecode import rundir
 from svdecode.errors import InputError
 from svdecode.eval.plots import (
     plot_alpha_sweep,
@@ -35,6 +34,7 @@ from svdecode.eval.tables import (
     pct,
 )
 from svdecode.fileio import read_json_file, slug, write_text_atomic
+from svdecode.runs import rundir
 
 # whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
 HISTOGRAM_METHODS = ("peft+svdecode", "no_mask")

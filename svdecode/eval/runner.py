@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from svdecode import rundir
+from svdecode.calibration.objectives import (
+    DEFAULT_OBJECTIVE,
+    OBJECTIVES,
+    ChoiceItem,
+    ItemMetric,
+    choice_accuracy,
+)
 from svdecode.checks import NONNEGATIVE_INT, POSITIVE_INT, SEED, UNIT_INTERVAL, check
 from svdecode.errors import InputError
 from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
@@ -38,7 +43,8 @@ from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
 from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
 from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
-from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.runs import rundir
+from svdecode.versions import HARNESS_DEPENDENCIES, dependency_versions
 
 log = logging.getLogger("svdecode")
 
@@ -50,24 +56,8 @@ TASKS = ("truthfulqa_mc", "commonsense", "truthfulqa_gen")
 
 
 def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in (
-        "svdecode",
-        "torch",
-        "transformers",
-        "peft",
-        "numpy",
-        "sacrebleu",
-        "rouge-score",
-        "matplotlib",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    """The library versions an evaluation records: the core's list plus the harness's metrics and plots."""
+    return {"platform": platform.platform(), **dependency_versions(HARNESS_DEPENDENCIES)}
 
 
 def _default_data(task: str) -> list[Any]:
@@ -139,12 +129,12 @@ def run_eval(
     ``config.run_info`` (e.g. ``{"warmstart_fraction": 0.5}`` for the warm-start plot).
     ``max_new_tokens`` defaults to 32 (commonsense) and 50 (TruthfulQA generation).
     Calibrated methods apply ``objective`` (``estimator`` is its old name) with the guard
-    (``guard``, ``folds``) and confidence bins (``bins``) of :func:`svdecode.objectives.choose_strength`,
+    (``guard``, ``folds``) and confidence bins (``bins``) of :func:`svdecode.calibration.objectives.choose_strength`,
     judged on the calibration questions' own choices. ``mu_curves``: for TruthfulQA MC and
     commonsense, one more scoring pass over the test items gives the test metric at every strength
     (the ORACLE curve, :mod:`svdecode.eval.curves`).
     Rerunning with the same arguments resumes from the caches; the run manifest
-    (:mod:`svdecode.rundir`) records what the evaluation was asked, and a directory holding an
+    (:mod:`svdecode.runs.rundir`) records what the evaluation was asked, and a directory holding an
     evaluation asked for something else is refused unless ``overwrite=True`` (which replaces its
     results; per-item caches are reused only where their settings match).
     """

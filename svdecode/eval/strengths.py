@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from svdecode.calibration import calibrate_streams
+from svdecode.calibration.calibrate import calibrate_streams
+from svdecode.calibration.objectives import (
+    DEFAULT_OBJECTIVE,
+    ChoiceItem,
+    ChoiceStats,
+    ItemMetric,
+    choice_accuracy,
+)
+from svdecode.calibration.strength import DIRECTION_OF, TokenStats, nll, search_grid
 from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic
-from svdecode.objectives import DEFAULT_OBJECTIVE, ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
-from svdecode.scoring import split_pairs
+from svdecode.model.scoring import split_pairs
 from svdecode.steering import ESTIMATORS
-from svdecode.strength import DIRECTION_OF, TokenStats, nll, search_grid
 
 log = logging.getLogger("svdecode")
 

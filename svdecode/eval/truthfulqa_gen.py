@@ -19,7 +19,7 @@ from svdecode.eval.methods import MethodSpec
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_mc import QA_PRIMER
 from svdecode.fileio import slug
-from svdecode.scoring import batches
+from svdecode.model.scoring import batches
 
 log = logging.getLogger("svdecode")
 

@@ -16,7 +16,7 @@ from svdecode.eval import metrics
 from svdecode.eval.cache import ItemCache, cache_path
 from svdecode.eval.methods import MethodSpec, as_float, lam_json, using_method
 from svdecode.eval.strengths import model_fingerprint
-from svdecode.scoring import batches, encode_pairs
+from svdecode.model.scoring import batches, encode_pairs
 
 log = logging.getLogger("svdecode")
 

@@ -4,7 +4,7 @@
 runs lm-eval's own command line with it registered and :data:`TASKS_DIR` on the include path.
 
 The model is lm-eval's :class:`~lm_eval.models.huggingface.HFLM` with one thing swapped: the
-``transformers`` model it drives is a :class:`~svdecode.steered_model.SteeredModel` built from the
+``transformers`` model it drives is a :class:`~svdecode.model.steered_model.SteeredModel` built from the
 adapter, so HFLM's own batching, tokenisation, truncation, request reordering and data-parallel
 plumbing run unchanged on the steered logits z_phi + mu * delta_hat:
 
@@ -34,8 +34,8 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from svdecode.config import CONFIG_NAME, ConfigError, SteeringConfig
-from svdecode.models import (
+from svdecode.model.config import CONFIG_NAME, ConfigError, SteeringConfig
+from svdecode.model.loading import (
     ModelLoadError,
     load_peft,
     read_adapter_config,
@@ -43,7 +43,7 @@ from svdecode.models import (
     resolve_dtype,
     resolve_model_path,
 )
-from svdecode.steered_model import SteeredModel
+from svdecode.model.steered_model import SteeredModel
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager

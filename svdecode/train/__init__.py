@@ -10,7 +10,7 @@ Prefix Tuning) with the paper's settings (Table 7) and writes it to ``out_dir``:
 
 Everything is validated before training starts, so a bad option never costs a training run and
 never creates a directory. The loss is on answer tokens only: prompt and padding positions carry
-label -100; prompt and answer are tokenised separately, as :func:`svdecode.scoring.encode_pairs`
+label -100; prompt and answer are tokenised separately, as :func:`svdecode.model.scoring.encode_pairs`
 tokenises them for scoring.
 
 Where things are: ``config`` (the options), ``peft_setup`` (one peft config per method, model
@@ -18,12 +18,12 @@ checks), ``examples`` (tokenisation), ``trainer`` (the ``Trainer`` run), ``check
 output directory, resume), ``adapters`` (reloading with base checks), ``args`` (CLI options),
 ``pipeline`` (``svdecode run``: warm-start -> calibrate).
 
-May import: the library core (``svdecode.models``, ``streams``, ``steered_model``, ...) and
-``svdecode.data``; torch, transformers and peft are imported inside functions so the CLI can build
+Layer: harness. May import the core (``svdecode.model``, ``calibration``, ``runs``, ...) and
+``svdecode.data``, never ``cli/`` or ``integrations/``; torch, transformers and peft are imported inside functions so the CLI can build
 its parser without them. Nothing in the core imports this package.
 """
 
-from svdecode.fingerprint import base_fingerprint
+from svdecode.model.fingerprint import base_fingerprint
 from svdecode.train.adapters import load_adapter
 from svdecode.train.args import add_warmstart_args, warmstart_config_from_args
 from svdecode.train.checkpoints import (

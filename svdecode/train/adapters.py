@@ -1,5 +1,7 @@
-"""Reloading a warm-started adapter onto its base model, with the checks that keep an adapter off a
-base it was not trained on (vocabulary, architecture, and a fingerprint of the embedding weights).
+"""Reloading a warm-started adapter onto its base model: the warm-start's own checks (an unfinished
+run, a failed one, the tokenizer's size, the base's name) in its error types, then the one adapter
+loader, :func:`svdecode.model.loading.load_peft` (vocabulary, architecture and embedding-weights
+fingerprint; peft's loading).
 """
 
 from __future__ import annotations
@@ -8,12 +10,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from svdecode.train.base_checks import model_name, same_model_name
 from svdecode.train.checkpoints import INFO_NAME, partial_dir, read_info
 from svdecode.train.config import (
     AdapterMismatchError,
     WarmstartError,
 )
-from svdecode.train.fingerprint import compare_fingerprints, model_name, same_model_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -34,7 +36,7 @@ def load_adapter(
     """Reload a warm-started adapter onto its base model, in eval mode.
 
     ``base_model``: a loaded model (wrapped in place by peft), a name/path for
-    :func:`svdecode.models.load_base`, or None for the base recorded with the adapter. The base
+    :func:`svdecode.model.loading.load_base`, or None for the base recorded with the adapter. The base
     must match the one trained on: same vocabulary size and architecture, same embedding weights
     (from ``warmstart.json``; ``strict=False`` relaxes the weights and name checks, never the
     vocabulary). Plain PEFT adapter folders (no ``warmstart.json``) are accepted with the name and
@@ -43,7 +45,7 @@ def load_adapter(
     import torch
     from peft import PeftModel
 
-    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
+    from svdecode.model.loading import vocab_size  # lazy: keeps the CLI parser light
 
     out = Path(out_dir)
     if not out.is_dir():
@@ -51,7 +53,7 @@ def load_adapter(
         raise WarmstartError(f"adapter directory {str(out)!r} does not exist{hint}")
     if not (out / "adapter_config.json").is_file():
         raise WarmstartError(f"{str(out)!r} holds no adapter_config.json; is it a warm-start output?")
-    from svdecode.models import ModelLoadError, read_adapter_config
+    from svdecode.model.loading import ModelLoadError, read_adapter_config
 
     try:
         adapter_cfg = read_adapter_config(out)
@@ -64,7 +66,7 @@ def load_adapter(
     dtype = dtype or torch.float32
 
     if base_model is None or isinstance(base_model, str):
-        from svdecode.models import load_base
+        from svdecode.model.loading import load_base
 
         name = base_model or recorded or "default"
         if isinstance(base_model, str) and not same_model_name(base_model, recorded) and strict and not info:
@@ -96,18 +98,15 @@ def load_adapter(
             f"vocabulary mismatch: the adapter's tokenizer has {info['tokenizer_size']} tokens, the base model "
             f"only {vocab} output rows"
         )
-    if fp:
-        if strict:
-            compare_fingerprints(fp, model, f"the adapter in {str(out)!r}")
-        elif not same_model_name(model_name(model), recorded):
-            log.warning("loading the adapter in %s onto %r (trained on %r)", out, model_name(model), recorded)
-    from safetensors import SafetensorError
+    if fp and not strict and not same_model_name(model_name(model), recorded):
+        log.warning("loading the adapter in %s onto %r (trained on %r)", out, model_name(model), recorded)
+    # the one adapter loader (fingerprint check, peft loading, its errors), in the warm-start's error types
+    from svdecode.model.fingerprint import BaseMismatchError
+    from svdecode.model.loading import load_peft
 
     try:
-        peft_model = PeftModel.from_pretrained(model, str(out))
-    except SafetensorError as err:
-        raise WarmstartError(f"the adapter weights in {str(out)!r} are corrupt: {err}") from err
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise AdapterMismatchError(f"the adapter in {str(out)!r} does not fit the base model: {err}") from err
-    peft_model.eval()
-    return peft_model
+        return load_peft(out, model, force=not strict)
+    except BaseMismatchError as err:
+        raise AdapterMismatchError(str(err)) from err
+    except ModelLoadError as err:
+        raise WarmstartError(str(err)) from err

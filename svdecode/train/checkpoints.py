@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdecode import rundir
 from svdecode.fileio import write_text_atomic
+from svdecode.runs import rundir
+from svdecode.train.base_checks import compare_fingerprints, same_model_name
 from svdecode.train.config import (
     AdapterMismatchError,
     WarmstartError,
 )
-from svdecode.train.fingerprint import compare_fingerprints, same_model_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -62,7 +62,7 @@ def check_model(
     """Check that the config fits this model (and tokenizer); raise :class:`WarmstartError`."""
     from peft import PeftModel
 
-    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
+    from svdecode.model.loading import vocab_size  # lazy: keeps the CLI parser light
 
     validate(cfg)
     if isinstance(model, PeftModel):
@@ -185,8 +185,8 @@ def init_prefix(peft_model: PeftModel, cfg: WarmstartConfig, tokenizer: PreTrain
     the prefixed model then equals the base model with those tokens prepended."""
     import torch
 
-    from svdecode.models import vocab_size  # lazy: keeps the CLI parser light
-    from svdecode.streams import output_cache
+    from svdecode.model.loading import vocab_size  # lazy: keeps the CLI parser light
+    from svdecode.model.streams import output_cache
 
     n = cfg.num_virtual_tokens
     base = peft_model.get_base_model()

@@ -2,7 +2,7 @@
 
 One output folder holds everything: the warm-started adapter with its tokenizer, split manifest
 and training log (written by :mod:`svdecode.train`), then ``steering_config.json`` with mu_bar
-and the calibration statistics, and the run manifest (:mod:`svdecode.rundir`) recording what
+and the calibration statistics, and the run manifest (:mod:`svdecode.runs.rundir`) recording what
 each stage was asked. A rerun reuses a finished stage only when it was asked the same; otherwise
 it stops, naming the difference, unless ``overwrite`` (which redoes every stage).
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svdecode import rundir
-from svdecode.calibration import CalibrationResult
+from svdecode.calibration.calibrate import CalibrationResult
+from svdecode.calibration.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric
 from svdecode.checks import (
     NONNEGATIVE_INT,
     POSITIVE_INT,
@@ -27,13 +27,13 @@ from svdecode.checks import (
     check,
     check_model_source,
 )
-from svdecode.config import CONFIG_NAME
 from svdecode.data import Example, Splits, make_splits
 from svdecode.errors import InputError
 from svdecode.fileio import short_hash
-from svdecode.models import load_tokenizer, portable_base_name
-from svdecode.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric
-from svdecode.steered_model import SteeredModel
+from svdecode.model.config import CONFIG_NAME
+from svdecode.model.loading import load_tokenizer, portable_base_name
+from svdecode.model.steered_model import SteeredModel
+from svdecode.runs import rundir
 from svdecode.train.adapters import load_adapter
 from svdecode.train.checkpoints import (
     REUSE_IGNORED,

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdecode import rundir
-from svdecode.fingerprint import base_fingerprint
+from svdecode.model.fingerprint import base_fingerprint
+from svdecode.runs import rundir
+from svdecode.train.base_checks import model_name
 from svdecode.train.checkpoints import (
     CHECKPOINT_DIR,
     FORMAT_VERSION,
@@ -47,7 +48,6 @@ from svdecode.train.config import (
     validate,
 )
 from svdecode.train.examples import LazyExamples, LengthScan, PadCollator, pad_id, scan_examples
-from svdecode.train.fingerprint import model_name
 from svdecode.train.peft_setup import check_model, init_prefix, peft_config, precision_of
 from svdecode.versions import dependency_versions
 
@@ -179,7 +179,7 @@ def warmstart(
 
     ``model``/``tokenizer``: an already loaded base model (it is wrapped in place by peft; the
     trained ``PeftModel`` comes back as ``result.model``). Without them ``base`` (default
-    ``"default"``, SmolLM2-135M-Instruct) is loaded with :func:`svdecode.models.load_base`. ``base``
+    ``"default"``, SmolLM2-135M-Instruct) is loaded with :func:`svdecode.model.loading.load_base`. ``base``
     is also the name recorded as the adapter's base model (default: the model's own path).
     ``manifest``: the split manifest, saved as ``split_manifest.json``.
     ``resume``: continue an interrupted run from the last checkpoint in ``<out>.partial``
@@ -247,7 +247,7 @@ def warmstart(
 def _base_model(model, tokenizer, base: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """The base model and tokenizer to train (loaded by name unless given) and the name to record:
     one plain transformers/peft can load (the default model's hub id, a local folder's full path)."""
-    from svdecode.models import load_base, portable_base_name
+    from svdecode.model.loading import load_base, portable_base_name
 
     if model is None:
         model, loaded_tok = load_base(base or "default")

@@ -25,7 +25,7 @@ DATA_ENV = "SVDECODE_DATA"
 # samples of it here and no training file
 EVAL_FILES = {"piqa": "test_sample", "hellaswag": "test_sample"}
 # the same names as svdecode.data.commonsense.COMMONSENSE_DATASETS: integrations may not import the
-# harness; tests/test_lm_eval.py checks they agree
+# harness; tests/integrations/test_lm_eval.py checks they agree
 COMMONSENSE = (
     "boolq",
     "piqa",

@@ -34,7 +34,7 @@ def _checked(rule: checks.Rule | None):
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    from svdecode.models import DTYPE_NAMES
+    from svdecode.model.loading import DTYPE_NAMES
 
     p.add_argument("adapter_dir", help="a steered model directory (svdecode calibrate/run) or a PEFT adapter")
     m = p.add_argument_group("model")

@@ -36,9 +36,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from svdecode.config import CONFIG_NAME
-from svdecode.models import load_peft, load_tokenizer
-from svdecode.steered_model import SteeredModel
+from svdecode.model.config import CONFIG_NAME
+from svdecode.model.loading import load_peft, load_tokenizer
+from svdecode.model.steered_model import SteeredModel
 
 log = logging.getLogger("svdecode.server")
 
