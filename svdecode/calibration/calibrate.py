@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from svdecode.calibration.config import DEFAULT_ALPHA, CalibrationConfig, data_hash
 from svdecode.calibration.objectives import (
-    DEFAULT_OBJECTIVE,
     OBJECTIVES,
     ChoiceItem,
     ChoiceStats,
@@ -31,6 +31,7 @@ from svdecode.calibration.objectives import (
     choose_strength,
 )
 from svdecode.calibration.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
+from svdecode.fileio import short_hash
 from svdecode.model.scoring import batches, encode_pairs
 from svdecode.steering import ESTIMATORS, aggregate_mu, token_mu
 
@@ -52,6 +53,9 @@ class CalibrationResult:
     token_stats: TokenStats | None = field(default=None, repr=False)  # answer tokens, one group per pair
     choice_stats: ChoiceStats | None = field(default=None, repr=False)
     decision: StrengthChoice | None = field(default=None, repr=False)
+    # what was calibrated: settings, method, alpha and data (:func:`result_key`), so a second
+    # request for the same calibration can reuse this one
+    key: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def estimator(self) -> str:  # the name before objectives existed
@@ -122,64 +126,53 @@ def calibrate_streams(
     tokenizer,
     prompts: Sequence[str],
     answers: Sequence[str],
-    alpha: float = 0.1,
-    objective: str = DEFAULT_OBJECTIVE,
-    method: str = "svdecode",
-    batch_size: int = 8,
-    trim: float = 0.1,
-    max_length: int | None = None,
-    progress: bool = True,
+    config: CalibrationConfig | None = None,
     *,
+    method: str = "svdecode",
     ids: Sequence[str] | None = None,
     choices: Sequence[ChoiceItem] | None = None,
     choice_metric: ItemMetric = choice_accuracy,
-    guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
-    seed: int = 0,
-    cap: int = DEFAULT_CAP,
+    **overrides: Any,
 ) -> CalibrationResult:
     """Collect the statistics of every answer token (and of every choice option) and decide the
-    strength (:func:`svdecode.calibration.objectives.choose_strength`). ``ids`` name each pair's item (folds
-    keep an item's pair and its choices together; default: the pair's position)."""
+    strength (:func:`svdecode.calibration.objectives.choose_strength`) as ``config`` says (keyword
+    ``overrides`` replace its fields; ``alpha`` None: the default mask 0.1). ``ids`` name each
+    pair's item (folds keep an item's pair and its choices together; default: the pair's position)."""
+    cfg = CalibrationConfig.resolve(config, overrides)
+    alpha = DEFAULT_ALPHA if cfg.alpha is None else cfg.alpha
     if method not in METHOD_DIRECTION:
         raise ValueError(
             f"method {method!r} has no strength to calibrate; calibratable: {sorted(METHOD_DIRECTION)}"
         )
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r} (estimator); choose one of {OBJECTIVES}")
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r} (estimator); choose one of {OBJECTIVES}")
+    group_ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
+    key = result_key(cfg, method, alpha, prompts, answers, group_ids, choices, choice_metric)
     if method not in DIRECTION_OF:
-        return _calibrate_paper_only(
-            streams,
-            tokenizer,
-            prompts,
-            answers,
-            alpha,
-            objective,
-            method,
-            batch_size,
-            trim,
-            max_length,
-            progress,
-        )
-    common = dict(alpha=alpha, method=method, batch_size=batch_size, max_length=max_length, cap=cap)
-    stats, kl = collect_stats(streams, tokenizer, prompts, answers, progress=progress, **common)
+        result = _calibrate_paper_only(streams, tokenizer, prompts, answers, cfg, alpha, method)
+        result.key = key
+        return result
+    common = dict(
+        alpha=alpha, method=method, batch_size=cfg.batch_size, max_length=cfg.max_length, cap=cfg.cap
+    )
+    stats, kl = collect_stats(streams, tokenizer, prompts, answers, progress=cfg.progress, **common)
     cstats = (
-        collect_choice_stats(streams, tokenizer, choices, choice_metric, progress=progress, **common)
+        collect_choice_stats(streams, tokenizer, choices, choice_metric, progress=cfg.progress, **common)
         if choices
         else None
     )
-    group_ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
     if len(group_ids) != len(prompts):
         raise ValueError(f"{len(group_ids)} ids for {len(prompts)} calibration pairs")
-    decision = choose_strength(stats, group_ids, cstats, objective, guard, folds, bins, seed, trim)
+    decision = choose_strength(
+        stats, group_ids, cstats, cfg.objective, cfg.guard, cfg.folds, cfg.bins, cfg.seed, cfg.trim
+    )
     mu_t = stats.num / (stats.den + 1e-12)
-    summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, trim)
+    summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, cfg.trim)
     summary.update(
         stats_bytes_per_token=stats.nbytes / max(len(stats), 1),
         stats_kept_width=int(stats.kept_width),
         stats_capped_tokens=stats.n_capped,
-        objective=objective,
+        objective=cfg.objective,
         mu=decision.mu,
         estimates=decision.estimates,
         cv=decision.cv,
@@ -187,7 +180,30 @@ def calibrate_streams(
         bins=decision.bins,
         n_choice_items=len(choices or ()),
     )
-    return CalibrationResult(decision.mu, objective, summary, mu_t, stats, cstats, decision)
+    return CalibrationResult(decision.mu, cfg.objective, summary, mu_t, stats, cstats, decision, key)
+
+
+def result_key(
+    config: CalibrationConfig,
+    method: str,
+    alpha: float,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    group_ids: Sequence[str],
+    choices: Sequence[ChoiceItem] | None,
+    choice_metric: ItemMetric,
+) -> dict[str, Any]:
+    """Everything that decides a calibration's outcome on a given model: two calibrations with
+    equal keys are the same calibration."""
+    return {
+        "settings": config.cache_key(),
+        "cap": config.cap,
+        "method": method,
+        "alpha": float(alpha),
+        "data": data_hash(prompts, answers, choices),
+        "ids_sha256": short_hash(list(group_ids)),
+        "choice_metric": getattr(choice_metric, "__name__", None) if choices else None,
+    }
 
 
 def _summary(
@@ -215,9 +231,10 @@ def _summary(
 
 
 def _calibrate_paper_only(
-    streams, tokenizer, prompts, answers, alpha, objective, method, batch_size, trim, max_length, progress
+    streams, tokenizer, prompts, answers, cfg: CalibrationConfig, alpha: float, method: str
 ) -> CalibrationResult:
     """The paper's per-token estimators only, for a direction the steered logits are not linear in."""
+    objective, trim, batch_size, max_length = cfg.objective, cfg.trim, cfg.batch_size, cfg.max_length
     if objective not in ESTIMATORS:
         raise ValueError(
             f"method {method!r} is not linear in its strength: objective must be one of {ESTIMATORS}"
@@ -225,7 +242,7 @@ def _calibrate_paper_only(
     if len(prompts) == 0:
         raise ValueError("the calibration set is empty: give at least one (prompt, answer) pair")
     nums, dens, kept, kls = [], [], [], []
-    bar = tqdm(total=len(prompts), desc="calibrating mu", unit="ex", disable=not progress)
+    bar = tqdm(total=len(prompts), desc="calibrating mu", unit="ex", disable=not cfg.progress)
     for sl in batches(len(prompts), batch_size):
         batch = encode_pairs(tokenizer, prompts[sl], answers[sl], max_length=max_length)
         z_phi, z_theta = streams(batch.input_ids, batch.attention_mask, logits_to_keep=batch.keep)

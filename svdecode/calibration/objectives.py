@@ -50,6 +50,10 @@ from svdecode.steering import ESTIMATORS
 
 OBJECTIVES = ("nll", "task", *ESTIMATORS)
 DEFAULT_OBJECTIVE = "nll"
+# The calibration defaults (:class:`svdecode.calibration.config.CalibrationConfig` carries them).
+DEFAULT_FOLDS = 5  # the guard's cross-validation folds
+DEFAULT_BINS = 3  # confidence bins of the binned strength (0 or 1: off)
+DEFAULT_TRIM = 0.1  # the trimmed mean's trimmed fraction
 # Confidence bins: at most MAX_BINS (more is a typo, and each bin costs a fit per CV fold), and
 # each needs MIN_TOKENS_PER_BIN answer tokens on average, else fewer bins are fitted (a bin of a
 # handful of tokens is fitted to noise, often at the search bound).
@@ -128,7 +132,10 @@ class ChoiceStats:
 
 
 def fit_all(
-    stats: TokenStats, choices: ChoiceStats | None, which: Sequence[int] | None = None, trim: float = 0.1
+    stats: TokenStats,
+    choices: ChoiceStats | None,
+    which: Sequence[int] | None = None,
+    trim: float = DEFAULT_TRIM,
 ) -> dict[str, float]:
     """The strength every objective picks from ``stats`` (and the choice items ``which``); the task
     search is anchored at the others' strengths, so it always considers them."""
@@ -229,7 +236,7 @@ class CrossValidation:
 
 
 def cross_validate(
-    splits: Sequence[Split], choices: ChoiceStats | None, trim: float = 0.1
+    splits: Sequence[Split], choices: ChoiceStats | None, trim: float = DEFAULT_TRIM
 ) -> dict[str, CrossValidation]:
     """Every objective's per-fold strengths (fitted on the other folds) and held-out gains."""
     judge = "task" if choices is not None else "nll"
@@ -285,10 +292,10 @@ def choose_strength(
     choices: ChoiceStats | None = None,
     objective: str = DEFAULT_OBJECTIVE,
     guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
+    folds: int = DEFAULT_FOLDS,
+    bins: int = DEFAULT_BINS,
     seed: int = 0,
-    trim: float = 0.1,
+    trim: float = DEFAULT_TRIM,
 ) -> StrengthChoice:
     """Fit every objective on all of the calibration data, cross-validate them, and decide.
 

@@ -342,14 +342,6 @@ def binned_mu(observable: torch.Tensor, edges: Sequence[float], mus: Sequence[fl
     return torch.as_tensor(list(mus), dtype=torch.float64)[bin_index(observable, edges)]
 
 
-def binned_strength(logits_adapted: torch.Tensor, mu_bins: dict) -> torch.Tensor:
-    """Per-row strengths [..., 1] for decoding and scoring: the bin of each row's log max p_phi."""
-    obs = torch.log_softmax(logits_adapted.float(), dim=-1).amax(-1)
-    mus = torch.as_tensor(mu_bins["mu"], dtype=torch.float32, device=obs.device)
-    edges = torch.as_tensor(mu_bins["edges"], dtype=torch.float32, device=obs.device)
-    return mus[torch.bucketize(obs, edges, right=True)].unsqueeze(-1)
-
-
 def paper_estimate(stats: TokenStats, estimator: str, trim: float = 0.1) -> float:
     """The paper's estimators (eqs. 44-46) from the same statistics."""
     from svdecode.steering import aggregate_mu
@@ -363,7 +355,6 @@ __all__ = [
     "TokenStats",
     "bin_index",
     "binned_mu",
-    "binned_strength",
     "fit_binned",
     "group_scores",
     "maximise",

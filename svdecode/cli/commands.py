@@ -109,6 +109,7 @@ def _note_calibrated(ns: argparse.Namespace) -> None:
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task, sample
+    from svdecode.eval.choices import calibration_choices
     from svdecode.model.config import SteeringConfig
     from svdecode.runs import rundir
 
@@ -116,14 +117,16 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     examples = sample(
         load_task(ns.data, ns.split, ns.prompt_col, ns.answer_col, ns.skip_bad_rows), ns.limit, ns.seed
     )
-    options = calibration_options(ns, examples)
+    cal = calibration_config(ns, batch_size=ns.batch_size)
+    # the data's own multiple-choice view (TruthfulQA MC, commonsense labels) when it has one
+    choices, metric = calibration_choices(examples)
     if not ns.out:
         model = load_model(ns)
-        result = model.calibrate(examples, batch_size=ns.batch_size, **options)
+        result = model.calibrate(examples, cal, choices=choices, choice_metric=metric)
         print(calibration_report(result.mu, result.objective, result.stats))
         return 0
     out = Path(ns.out)
-    request = _calibration_request(ns, examples, options)
+    request = _calibration_request(ns, examples, cal, choices, metric)
     with rundir.locked(out):
         if rundir.reusable_for_adapter(out, request["adapter_sha256"], "calibration", request, ns.overwrite):
             cfg = SteeringConfig.load(out)
@@ -131,44 +134,38 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
             print(f"reused: {out} holds this calibration already (pass --overwrite to compute it again)")
             return 0
         model = load_model(ns)
-        result = model.calibrate(examples, batch_size=ns.batch_size, **options)
+        result = model.calibrate(examples, cal, choices=choices, choice_metric=metric)
         print(calibration_report(result.mu, result.objective, result.stats))
         path = model.save_pretrained(out, overwrite=ns.overwrite, request=request)
     print(f"saved steering artifact: {path}")
     return 0
 
 
-def _calibration_request(ns: argparse.Namespace, examples, options: dict[str, Any]) -> dict[str, Any]:
-    """What ``svdecode calibrate`` is asked: the adapter (by content), base, data, calibration
-    settings and the steering overrides."""
+def _calibration_request(ns: argparse.Namespace, examples, cal, choices, metric) -> dict[str, Any]:
+    """What ``svdecode calibrate`` is asked (:func:`svdecode.calibration.config.calibration_request`):
+    the adapter (by content), base, data, calibration settings and the steering overrides."""
+    from svdecode.calibration.config import calibration_request
     from svdecode.fileio import short_hash
     from svdecode.runs import rundir
-    from svdecode.train.pipeline import calibration_settings
 
     source = ns.steered or ns.adapter
-    return {
-        "adapter_sha256": rundir.adapter_digest(source) if source else None,
-        "base": ns.base,
-        "data": {"spec": ns.data, "split": ns.split, "limit": ns.limit, "seed": ns.seed,
-                 "n": len(examples), "ids_sha256": short_hash([ex.id for ex in examples])},
-        **calibration_settings(options),
-        "overrides": {k: getattr(ns, k) for k in ("mu", "alpha", "lam", "method")},
-    }  # fmt: skip
+    data = {"spec": ns.data, "split": ns.split, "limit": ns.limit, "seed": ns.seed,
+            "n": len(examples), "ids_sha256": short_hash([ex.id for ex in examples])}  # fmt: skip
+    return calibration_request(
+        cal, data, rundir.adapter_digest(source) if source else None, choices, metric,
+        base=ns.base, overrides={k: getattr(ns, k) for k in ("mu", "alpha", "lam", "method")},
+    )  # fmt: skip
 
 
-def calibration_options(ns: argparse.Namespace, examples) -> dict[str, Any]:
-    """``SteeredModel.calibrate`` keyword arguments from the calibration flags; the data's own
-    multiple-choice view (TruthfulQA MC, commonsense labels) when it has one."""
-    from svdecode.eval.choices import calibration_choices
+def calibration_config(ns: argparse.Namespace, **fields: Any):
+    """The :class:`~svdecode.calibration.config.CalibrationConfig` of the calibration flags
+    (cli_options.add_calibration_args) that calibrate, run and eval all take, with ``fields``."""
+    from svdecode.calibration.config import CalibrationConfig
 
-    choices, metric = calibration_choices(examples)
-    return dict(calibration_flags(ns), choices=choices, choice_metric=metric, seed=ns.seed)
-
-
-def calibration_flags(ns: argparse.Namespace) -> dict[str, Any]:
-    """The calibration flags (cli_options.add_calibration_args) as the keyword arguments that
-    calibrate, run and eval all take."""
-    return dict(objective=ns.objective, guard=not ns.no_guard, folds=ns.folds, bins=ns.confidence_bins)
+    return CalibrationConfig(
+        objective=ns.objective, guard=not ns.no_guard, folds=ns.folds, bins=ns.confidence_bins,
+        seed=ns.seed, **fields,
+    )  # fmt: skip
 
 
 def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
@@ -225,7 +222,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
     from svdecode.eval.choices import calibration_choices
     from svdecode.train import warmstart_config_from_args
-    from svdecode.train.pipeline import run_pipeline
+    from svdecode.train.pipeline import SplitOptions, run_pipeline
 
     cfg = warmstart_config_from_args(ns)
     check_model_sources(ns)
@@ -235,13 +232,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
         ns.out,
         cfg,
         base=ns.base or "default",
-        n_train=_n_train(ns),
-        n_calib=ns.n_calib,
-        n_test=ns.n_test,
-        seed=ns.seed,
-        **calibration_flags(ns),
+        splits=SplitOptions(_n_train(ns), ns.n_calib, ns.n_test, ns.seed, source=ns.data),
+        calibration=calibration_config(ns),
         choices=calibration_choices,
-        source=ns.data,
         resume=ns.resume,
         overwrite=ns.overwrite,
         force=ns.force,
@@ -262,75 +255,38 @@ def _n_train(ns: argparse.Namespace) -> int | None:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from svdecode.data import load_commonsense, sample, truthfulqa_mc_split
-    from svdecode.eval import OpenAIJudge, run_eval
+    from svdecode.eval import EvalOptions, OpenAIJudge, run_eval
     from svdecode.eval.runner import check_eval_dir, check_method_names
+    from svdecode.eval.tasks import TASKS
     from svdecode.runs import rundir
 
     check_model_sources(ns)
     method_names = ns.methods.split(",")
     check_method_names(method_names)
     check_eval_dir(ns.out, ns.overwrite)
-    tqa, mc_test = truthfulqa_mc_split(ns.tqa_calib, ns.tqa_test, ns.seed)
     data, calib = {}, {}
-    if "truthfulqa_mc" in ns.tasks:
-        data["truthfulqa_mc"] = sample(mc_test, ns.limit, ns.seed)
-        calib["truthfulqa_mc"] = tqa.calib
-    if "truthfulqa_gen" in ns.tasks:
-        data["truthfulqa_gen"] = sample(tqa.test, ns.limit, ns.seed)
-        calib["truthfulqa_gen"] = tqa.calib
-    if "commonsense" in ns.tasks:
-        data["commonsense"] = [
-            ex
-            for name in ns.datasets.split(",")
-            for ex in sample(load_commonsense(name, "test"), ns.limit, ns.seed)
-        ]
-        if ns.calib_data:
-            from svdecode.data import load_task
-
-            calib["commonsense"] = sample(load_task(ns.calib_data, "train"), ns.n_calib, ns.seed)
-        else:
-            calib["commonsense"] = _recorded_calibration_split(ns)
+    for name in ns.tasks:
+        data[name], calib[name] = TASKS[name].cli_data(ns)
     judge = OpenAIJudge(ns.judge_url, ns.judge_model) if ns.judge_url else None
+    options = EvalOptions(  # limit: recorded (the data above is sampled already; sampling again keeps it)
+        tuple(method_names), seed=ns.seed, limit=ns.limit, batch_size=ns.batch_size,
+        max_new_tokens=ns.max_new_tokens, mc_prompt_style=ns.mc_prompt, mu_curves=not ns.no_mu_curve,
+    )  # fmt: skip
     with rundir.locked(ns.out):  # a second writer is stopped before the model loads
         results = run_eval(
             load_model(ns),
             ns.out,
             tasks=ns.tasks,
-            method_names=method_names,
             calib=calib,
             data=data,
-            limit=ns.limit,  # recorded (the data above is sampled already; sampling again keeps it)
-            seed=ns.seed,
-            batch_size=ns.batch_size,
-            max_new_tokens=ns.max_new_tokens,
             judge=judge,
-            mc_prompt_style=ns.mc_prompt,
-            **calibration_flags(ns),
-            mu_curves=not ns.no_mu_curve,
+            options=options,
+            calibration=calibration_config(ns),
             run_info={"command": " ".join(sys.argv), "warmstart_fraction": ns.warmstart_fraction},
             overwrite=ns.overwrite,
         )
     print(Path(ns.out, "results.md").read_text())
     return 0 if results else 1
-
-
-def _recorded_calibration_split(ns: argparse.Namespace):
-    """The calibration split recorded by ``svdecode run`` next to the adapter."""
-    from svdecode.data import load_task, splits_from_manifest
-
-    src = Path(ns.steered or ns.adapter or ".")
-    manifest = src / "split_manifest.json"
-    if not manifest.is_file():
-        raise InputError(f"{manifest} not found: give --calib-data to calibrate the commonsense methods")
-    try:
-        recorded = json.loads(manifest.read_text())
-        pool = load_task(recorded.get("source", "commonsense:all"), "train")
-        return splits_from_manifest(pool, recorded).calib
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as err:
-        raise InputError(
-            f"{manifest} is corrupt ({type(err).__name__}: {err}); give --calib-data instead"
-        ) from err
 
 
 def cmd_report(ns: argparse.Namespace) -> int:

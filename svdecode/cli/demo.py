@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.checks import POSITIVE_INT, SEED, check, check_model_source
 from svdecode.data import COMMONSENSE_DATASETS, load_commonsense, sample, truthfulqa_mc_split
 from svdecode.errors import InputError
@@ -104,10 +105,10 @@ def _run_demo(cfg: DemoConfig, out: Path, progress: bool, overwrite: bool) -> Pa
     run_eval(
         pipe.model,
         out / "eval",
-        tasks=("commonsense", "truthfulqa_mc"),
+        tasks=(COMMONSENSE, TRUTHFULQA_MC),
         method_names=cfg.methods,
-        calib={"commonsense": pipe.splits.calib, "truthfulqa_mc": tqa.calib},
-        data={"commonsense": cs_test, "truthfulqa_mc": mc_test},
+        calib={COMMONSENSE: pipe.splits.calib, TRUTHFULQA_MC: tqa.calib},
+        data={COMMONSENSE: cs_test, TRUTHFULQA_MC: mc_test},
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens,

@@ -193,7 +193,13 @@ def read_prompt_file(path: str | None) -> list[str]:
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """How the strength is calibrated (svdecode.calibration.objectives): objective, guard, folds, bins."""
-    from svdecode.calibration.objectives import DEFAULT_OBJECTIVE, MAX_BINS, OBJECTIVES
+    from svdecode.calibration.objectives import (
+        DEFAULT_BINS,
+        DEFAULT_FOLDS,
+        DEFAULT_OBJECTIVE,
+        MAX_BINS,
+        OBJECTIVES,
+    )
 
     c = p.add_argument_group("calibration of the strength")
     c.add_argument(
@@ -209,11 +215,13 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply the fit even if cross-validation finds no held-out gain",
     )
-    c.add_argument("--folds", type=number_type(checks.Rule("int", lo=2)), default=5, help="guard's CV folds")
+    c.add_argument(
+        "--folds", type=number_type(checks.Rule("int", lo=2)), default=DEFAULT_FOLDS, help="guard's CV folds"
+    )
     c.add_argument(
         "--confidence-bins",
         type=number_type(checks.Rule("int", lo=0, hi=MAX_BINS)),
-        default=3,
+        default=DEFAULT_BINS,
         help="also fit one strength per bin of the adapted model's confidence (kept only if "
         "cross-validation prefers it); 0 or 1: off",
     )

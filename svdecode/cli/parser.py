@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from svdecode import checks
+from svdecode.benchmarks import COMMONSENSE_DATASETS, TASK_NAMES, TRUTHFULQA_MC
 from svdecode.cli.commands import (
     cmd_calibrate,
     cmd_demo,
@@ -175,8 +176,8 @@ def _add_eval_parser(sub) -> None:
     e.add_argument(
         "--tasks",
         nargs="+",
-        default=["truthfulqa_mc"],
-        choices=("truthfulqa_mc", "commonsense", "truthfulqa_gen"),
+        default=[TRUTHFULQA_MC],
+        choices=TASK_NAMES,  # the registry's (svdecode.eval.tasks.TASKS), without importing the harness
     )
     e.add_argument(
         "--methods",
@@ -184,9 +185,7 @@ def _add_eval_parser(sub) -> None:
         help="comma-separated; ablations: no_projection, no_mask, alpha=0.3, lam=keep, estimator=median, "
         "decoding=beam4, groups alpha_sweep, estimators, lam_variants, decodings, ablations",
     )
-    e.add_argument(
-        "--datasets", default="boolq,piqa,social_i_qa,hellaswag,winogrande,ARC-Easy,ARC-Challenge,openbookqa"
-    )
+    e.add_argument("--datasets", default=",".join(COMMONSENSE_DATASETS))
     e.add_argument(
         "--limit",
         type=POS_INT,

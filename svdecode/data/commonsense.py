@@ -10,37 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from svdecode.benchmarks import COMMONSENSE_DATASETS, COMMONSENSE_DIR, LABELS
 from svdecode.data.examples import DataError, Example, ExampleList, default_data_root
 from svdecode.data.records import BadRow, collect, read_records, text_field
 
 log = logging.getLogger("svdecode")
-
-
-COMMONSENSE_DATASETS: tuple[str, ...] = (
-    "boolq",
-    "piqa",
-    "social_i_qa",
-    "hellaswag",
-    "winogrande",
-    "ARC-Easy",
-    "ARC-Challenge",
-    "openbookqa",
-)
-
-
-_ANSWERS4 = ("answer1", "answer2", "answer3", "answer4")
-
-
-LABELS: dict[str, tuple[str, ...]] = {
-    "boolq": ("true", "false"),
-    "piqa": ("solution1", "solution2"),
-    "social_i_qa": ("answer1", "answer2", "answer3"),
-    "hellaswag": ("ending1", "ending2", "ending3", "ending4"),
-    "winogrande": ("option1", "option2"),
-    "ARC-Easy": (*_ANSWERS4, "answer5"),  # a few ARC-Easy questions have five choices (train and test)
-    "ARC-Challenge": _ANSWERS4,
-    "openbookqa": _ANSWERS4,
-}
 
 
 _ALIASES = {
@@ -115,7 +89,7 @@ def _commonsense_example(record: dict[str, Any], index: int, dataset: str, stem:
 
 def _commonsense_dir(root: str | Path | None) -> Path:
     base = Path(root) if root is not None else default_data_root()
-    return base / "commonsense" if (base / "commonsense").is_dir() else base
+    return base / COMMONSENSE_DIR if (base / COMMONSENSE_DIR).is_dir() else base
 
 
 def load_commonsense(

@@ -3,6 +3,8 @@ choice and open-ended) and the commonsense benchmarks, with paired comparisons, 
 caches, ``results.json`` / ``results.md`` and a report with plots.
 
 Where things are: ``methods`` (what is compared and how each strength is calibrated),
+``tasks`` (the registry: one :class:`TaskFamily` per task family -- data, evaluation,
+calibration choices, report columns), ``options`` (:class:`EvalOptions`),
 ``truthfulqa_mc`` / ``truthfulqa_gen`` / ``commonsense`` (one module per task family),
 ``generation`` (batched decoding per method), ``judges`` (open-ended TruthfulQA), ``metrics`` and
 ``labels`` (pure metric functions), ``compare`` (paired bootstrap), ``cache`` (per-item resume),
@@ -59,14 +61,17 @@ from svdecode.eval.methods import (
     build_methods,
     expand_method_names,
     known_method_names,
-    using_method,
 )
-from svdecode.eval.runner import SCHEMA, TASKS, load_results, run_eval, write_results
+from svdecode.eval.options import EvalOptions
+from svdecode.eval.runner import SCHEMA, load_results, run_eval, write_results
 from svdecode.eval.strengths import model_fingerprint
+from svdecode.eval.tasks import TASKS, TaskFamily
 from svdecode.eval.truthfulqa_gen import clean_tqa_answer, evaluate_truthfulqa_gen, tqa_gen_metrics
 from svdecode.eval.truthfulqa_mc import QA_PRIMER, evaluate_mc, mc_prompt
 
 __all__ = [
+    "EvalOptions",
+    "TaskFamily",
     "ALPHA_SWEEP",
     "DECODINGS",
     "GROUPS",
@@ -102,6 +107,5 @@ __all__ = [
     "paired_comparisons",
     "run_eval",
     "tqa_gen_metrics",
-    "using_method",
     "write_results",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.benchmarks import COMMONSENSE
 from svdecode.eval import generation, labels, metrics
 from svdecode.eval.cache import ItemCache, cache_path
 from svdecode.eval.methods import MethodSpec
@@ -61,9 +62,9 @@ def evaluate_commonsense(
     for ex in examples:
         if ex.label is None:
             raise ValueError(f"commonsense example {ex.id} has no gold label")
-    fp_common = {"task": "commonsense", "max_new_tokens": max_new_tokens, "model": model_fingerprint(model)}
+    fp_common = {"task": COMMONSENSE, "max_new_tokens": max_new_tokens, "model": model_fingerprint(model)}
     caches = {
-        m.name: ItemCache(cache_path(cache_dir, "commonsense", m.name), {**fp_common, **m.key(scoring=False)})
+        m.name: ItemCache(cache_path(cache_dir, COMMONSENSE, m.name), {**fp_common, **m.key(scoring=False)})
         for m in methods
     }
     cached_counts = {m.name: sum(1 for ex in examples if ex.id in caches[m.name]) for m in methods}

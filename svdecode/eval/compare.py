@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
 from svdecode.eval import metrics
 from svdecode.eval.methods import as_float
 
@@ -19,17 +20,17 @@ def item_values(task: str, records: Sequence[Mapping[str, Any]]) -> dict[tuple[s
     for r in records:
         if r is None:
             continue
-        if task == "truthfulqa_mc":
+        if task == TRUTHFULQA_MC:
             vals = {k: as_float(r[k]) for k in ("MC1", "MC2", "MC3")}
             vals = {k: (0.0 if math.isnan(v) else v) for k, v in vals.items()}  # as aggregate_mc
             vals["MC_avg"] = (vals["MC1"] + vals["MC2"] + vals["MC3"]) / 3.0
             for k, v in vals.items():
                 out.setdefault((k, "all"), {})[r["id"]] = v
-        elif task == "commonsense":
+        elif task == COMMONSENSE:
             v = float(r["correct"])
             out.setdefault(("accuracy", r["dataset"]), {})[r["id"]] = v
             out.setdefault(("accuracy", "all"), {})[r["id"]] = v
-        elif task == "truthfulqa_gen":
+        elif task == TRUTHFULQA_GEN:
             t, i = r["truthful"] is True, r["informative"] is True
             out.setdefault(("%Truth", "all"), {})[r["id"]] = 100.0 * t
             out.setdefault(("%Info", "all"), {})[r["id"]] = 100.0 * i

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.calibration.calibrate import collect_choice_stats
 from svdecode.calibration.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
 from svdecode.calibration.strength import binned_mu, search_grid
@@ -26,18 +27,18 @@ from svdecode.fileio import short_hash, write_json_atomic
 
 log = logging.getLogger("svdecode")
 
-CURVE_TASKS = ("truthfulqa_mc", "commonsense")
+CURVE_TASKS = (TRUTHFULQA_MC, COMMONSENSE)
 
 
 def test_choices(
     task: str, items: Sequence[Any], mc_prompt_style: str
 ) -> tuple[list[ChoiceItem], ItemMetric]:
     """The test items as choice items, with the metric the task reports."""
-    if task == "truthfulqa_mc":
+    if task == TRUTHFULQA_MC:
         return [
             mc_choice_item(it, mc_prompt(it.question, mc_prompt_style)) for it in items
         ], truthfulqa_mc_average
-    if task == "commonsense":
+    if task == COMMONSENSE:
         return [commonsense_choice_item(ex) for ex in items], choice_accuracy
     raise ValueError(f"no mu-curve for task {task!r}; tasks with one: {CURVE_TASKS}")
 
@@ -126,7 +127,7 @@ def mu_curve(
     out = {
         "oracle": "the test curve is the ORACLE: reported, never used to choose a strength",
         "metric": "MC average (MC1+MC2+MC3)/3"
-        if task == "truthfulqa_mc"
+        if task == TRUTHFULQA_MC
         else "likelihood-scored choice accuracy",
         "n_items": len(choices),
         "alpha": main.alpha,

@@ -5,6 +5,7 @@ the plain baselines through the PEFT model, with per-batch seeds so a resumed ru
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -14,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from svdecode.errors import InputError
-from svdecode.eval.methods import GREEDY, MethodSpec, using_method
+from svdecode.eval.methods import GREEDY, MethodSpec
 from svdecode.model.scoring import batches
 
 log = logging.getLogger("svdecode")
@@ -74,7 +75,7 @@ def generate_batches(
 ) -> Iterator[tuple[slice, list[str]]]:
     """Generate for ``prompts`` with ``spec`` batch by batch; yields (slice, texts) as they finish.
 
-    Steered methods run ``SteeredModel.generate`` with the method's config; "base"/"peft" run the
+    Steered methods run ``SteeredModel.generate`` with the method's steerer; "base"/"peft" run the
     plain PEFT model (base with the adapter disabled). Sampling is seeded per batch from
     (seed, method, first item id), so a resumed run samples its remaining batches reproducibly.
     """
@@ -93,7 +94,7 @@ def generate_batches(
         # peft 0.21's generate() for prompt learning is wrong on transformers >= 5.24 (it looks for
         # the cache under `past_key_values` and re-prepends the virtual tokens every step); our
         # streams give the adapted logits exactly.
-        gen_fn, ctx = model.generate, (lambda: using_method(model, spec))
+        gen_fn, ctx = functools.partial(model.generate, steering=spec.steerer()), contextlib.nullcontext
     else:
         gen_fn, ctx = _plain_generator(model, spec.method)
     device = model.device

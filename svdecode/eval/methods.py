@@ -7,9 +7,6 @@ Imports the library core (calibration, config, scoring); nothing here runs a tas
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.calibration.config import CalibrationConfig
 from svdecode.calibration.objectives import (
-    DEFAULT_OBJECTIVE,
     OBJECTIVES,
     ChoiceItem,
     ItemMetric,
     choice_accuracy,
 )
-from svdecode.eval.strengths import CalibrationSettings, Calibrator
+from svdecode.eval.strengths import Calibrator
 from svdecode.fileio import jsonable
-from svdecode.model.config import SteeringConfig
+from svdecode.steering import Steerer
 
 log = logging.getLogger("svdecode")
 
@@ -154,20 +151,11 @@ class MethodSpec:
                 return name
         return "greedy" if not self.decoding else "custom"
 
-    def steering_config(
-        self, template: SteeringConfig | None = None, scoring: bool = False
-    ) -> SteeringConfig:
-        """The :class:`SteeringConfig` of this method (other fields copied from ``template``)."""
-        base = copy.deepcopy(template) if template is not None else SteeringConfig()
-        return dataclasses.replace(
-            base,
-            mu=float(self.mu),
-            alpha=float(self.alpha),
-            lam=self.score_lam if scoring else self.lam,
-            method=self.method,
-            objective=self.estimator or base.objective,
-            mu_bins=self.mu_bins,
-            calibration=dict(self.calibration),
+    def steerer(self, scoring: bool = False) -> Steerer:
+        """The :class:`~svdecode.steering.Steerer` of this method, for generation or (``scoring``)
+        teacher-forced scoring, which uses ``score_lam``."""
+        return Steerer(
+            self.method, self.mu, self.alpha, self.score_lam if scoring else self.lam, self.mu_bins
         )
 
     def key(self, scoring: bool) -> dict[str, Any]:
@@ -279,23 +267,14 @@ def build_methods(
     model,
     calib: Sequence[Any] | None,
     names: Sequence[str] = STANDARD_METHODS,
+    calibration: CalibrationConfig | None = None,
     *,
-    alpha: float | None = None,
-    objective: str = DEFAULT_OBJECTIVE,
-    estimator: str | None = None,
     choices: Sequence[ChoiceItem] | None = None,
     choice_metric: ItemMetric = choice_accuracy,
-    guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
     lam: float | None = NEG_INF,
     score_lam: float | None = None,
-    seed: int = 0,
-    trim: float = 0.1,
-    batch_size: int = 8,
-    max_length: int | None = None,
-    progress: bool = True,
     cache_dir: str | Path | None = None,
+    **kwargs: Any,
 ) -> MethodSet:
     """The comparison set for ``model`` (a :class:`~svdecode.model.steered_model.SteeredModel`).
 
@@ -310,12 +289,14 @@ def build_methods(
     (guarded by cross-validation, with confidence-binned strengths when kept; see
     :func:`svdecode.calibration.objectives.choose_strength`); ``choices`` are the calibration questions' choice
     items (task objective and guard). ``calib=None`` uses the model's stored svdecode mu for
-    "peft+svdecode" and fails for anything else that needs calibrating.
+    "peft+svdecode" and fails for anything else that needs calibrating. ``calibration``: how
+    (:class:`~svdecode.calibration.config.CalibrationConfig`; its ``alpha``, None: the model's, is the
+    mask of the main methods; its ``seed`` also seeds sampled decodings); keyword arguments
+    override its fields.
     """
-    alpha = float(model.steering.alpha if alpha is None else alpha)
-    settings = CalibrationSettings(
-        estimator or objective, trim, guard, folds, bins, seed, batch_size, max_length, progress
-    )
+    settings = CalibrationConfig.resolve(calibration, kwargs).validate()
+    alpha = float(model.steering.alpha if settings.alpha is None else settings.alpha)
+    seed = settings.seed
     cal = Calibrator(model, calib, settings, cache_dir, choices, choice_metric)
     specs: list[MethodSpec] = []
     token_mu: dict[str, np.ndarray] = {}
@@ -441,14 +422,3 @@ def _specs_for(name: str, calibrated: Callable[..., MethodSpec], alpha: float, s
     else:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(known_method_names())}")
     return out
-
-
-@contextlib.contextmanager
-def using_method(model, spec: MethodSpec, scoring: bool = False) -> Iterator[None]:
-    """Temporarily give ``model`` the steering config of ``spec``."""
-    saved = model.steering
-    model.steering = spec.steering_config(saved, scoring=scoring)
-    try:
-        yield
-    finally:
-        model.steering = saved

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
 from svdecode.errors import require_extra
-from svdecode.eval.tables import TASK_TITLES, as_num, headline, n_items
+from svdecode.eval.tables import as_num, headline, n_items, task_title
 
 
 def _plt():
@@ -65,7 +66,7 @@ def plot_task_bars(task: str, res: Mapping[str, Any], path: str | Path) -> tuple
     """Bars per method with 95% CI error bars; returns (path, caption)."""
     path = Path(path)
     mets = {k: v for k, v in res["metrics"].items() if v and (v.get("n") or v.get("micro", {}).get("n"))}
-    if task == "truthfulqa_mc":
+    if task == TRUTHFULQA_MC:
         groups = ["MC1", "MC2", "MC3", "MC_avg"]
         series = {
             n: [(as_num(m[g]["mean"]), as_num(m[g]["lo"]), as_num(m[g]["hi"])) for g in groups]
@@ -74,7 +75,7 @@ def plot_task_bars(task: str, res: Mapping[str, Any], path: str | Path) -> tuple
         n = next(iter(mets.values()))["n"] if mets else 0
         caption = f"TruthfulQA MC (original MC1/MC2/MC3), n={n} questions; error bars: Wilson (MC1) / bootstrap 95% CI."
         _grouped_bars(groups, series, "score (%)", f"TruthfulQA MC, n={n}", path)
-    elif task == "commonsense":
+    elif task == COMMONSENSE:
         groups = []
         for m in mets.values():
             for ds in m["datasets"]:
@@ -97,7 +98,7 @@ def plot_task_bars(task: str, res: Mapping[str, Any], path: str | Path) -> tuple
         )
         caption = f"Commonsense accuracy per dataset and over all items ({ns}); error bars: Wilson 95% CI."
         _grouped_bars([*groups, "all"], series, "accuracy (%)", "Commonsense accuracy", path)
-    elif task == "truthfulqa_gen":
+    elif task == TRUTHFULQA_GEN:
         groups = ["%Truth", "%Info", "%Truth*Info"]
         series = {
             name: [
@@ -202,14 +203,14 @@ def plot_alpha_sweep(task: str, res: Mapping[str, Any], path: str | Path) -> tup
     ax.set_xlabel("confidence-mask threshold alpha")
     ax.set_ylabel(f"{label.split(' (')[0]} (%)")
     n = n_items(task, res["metrics"][next(k for k in res["metrics"] if k.startswith("alpha="))])
-    ax.set_title(f"{TASK_TITLES.get(task, task)}: alpha sweep, n={n}", fontsize=10)
+    ax.set_title(f"{task_title(task)}: alpha sweep, n={n}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     proxy = " (PROXY judge)" if res.get("judge", {}).get("kind") == "proxy" else ""
-    return path, f"{TASK_TITLES.get(task, task)}: {label}{proxy} vs alpha, n={n}; shaded: peft 95% CI."
+    return path, f"{task_title(task)}: {label}{proxy} vs alpha, n={n}; shaded: peft 95% CI."
 
 
 def warmstart_fraction(run: Mapping[str, Any]) -> float | None:
@@ -259,14 +260,14 @@ def plot_warmstart(
         ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=m)
     ax.set_xlabel("warm-start length (fraction of an epoch)")
     ax.set_ylabel(f"{label.split(' (')[0]} (%)")
-    ax.set_title(f"{TASK_TITLES.get(task, task)}: warm-start length", fontsize=10)
+    ax.set_title(f"{task_title(task)}: warm-start length", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     n_txt = f"n={min(ns)}" if ns and min(ns) == max(ns) else f"n={min(ns)}-{max(ns)}"
-    return path, f"{TASK_TITLES.get(task, task)}: {label} vs warm-start length, {n_txt} items per point."
+    return path, f"{task_title(task)}: {label} vs warm-start length, {n_txt} items per point."
 
 
 def plot_mu_curve(task: str, res: Mapping[str, Any], path: str | Path) -> tuple[Path, str] | None:
@@ -297,7 +298,7 @@ def plot_mu_curve(task: str, res: Mapping[str, Any], path: str | Path) -> tuple[
     for ax in (top, bottom):
         ax.set_xscale("symlog", linthresh=1e-2)
     bottom.set_xlabel("steering strength mu (symlog)")
-    fig.suptitle(f"{TASK_TITLES.get(task, task)}: strength curve (n={curve['n_items']})", fontsize=10)
+    fig.suptitle(f"{task_title(task)}: strength curve (n={curve['n_items']})", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

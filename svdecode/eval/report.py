@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.errors import InputError
 from svdecode.eval.plots import (
     plot_alpha_sweep,
@@ -22,7 +23,6 @@ from svdecode.eval.plots import (
     warmstart_fraction,
 )
 from svdecode.eval.tables import (
-    TASK_TITLES,
     as_num,
     ci_text,
     curve_table_rows,
@@ -32,6 +32,8 @@ from svdecode.eval.tables import (
     num,
     objectives_summary,
     pct,
+    task_columns,
+    task_title,
 )
 from svdecode.fileio import read_json_file, slug, write_text_atomic
 from svdecode.runs import rundir
@@ -231,16 +233,9 @@ def results_markdown(results: Mapping[str, Any], title: str = "svdecode evaluati
     for name, why in results.get("not_implemented", {}).items():
         lines.append(f"- **{name} not implemented**: {why}")
     for task, res in results.get("tasks", {}).items():
-        lines += ["", f"## {TASK_TITLES.get(task, task)}", "", f"{res.get('n_items', '?')} items.", ""]
-        if task == "truthfulqa_mc":
-            lines.append(_mc_section(res))
-            shown = ["MC1", "MC2", "MC3", "MC_avg"]
-        elif task == "commonsense":
-            lines.append(_cs_section(res))
-            shown = ["accuracy"]
-        else:
-            lines.append(_gen_section(res))
-            shown = ["%Truth", "%Info", "%Truth*Info"]
+        lines += ["", f"## {task_title(task)}", "", f"{res.get('n_items', '?')} items.", ""]
+        lines.append({TRUTHFULQA_MC: _mc_section, COMMONSENSE: _cs_section}.get(task, _gen_section)(res))
+        shown = list(task_columns(task))
         lines += [
             "",
             "### Paired differences (method − reference, same items)",
@@ -285,7 +280,7 @@ def _run_plots(run: Mapping[str, Any], run_dir: Path, label: str, out: Path) -> 
     prefix = slug(label)
     md: list[str] = []
     for task, res in run.get("tasks", {}).items():
-        md += ["", f"### Plots: {TASK_TITLES.get(task, task)} ({label})", ""]
+        md += ["", f"### Plots: {task_title(task)} ({label})", ""]
         png, cap = plot_task_bars(task, res, out / f"{prefix}_{task}_bars.png")
         md += [f"![{task}]({png.name})", "", f"*{cap}*", ""]
         curve = plot_mu_curve(task, res, out / f"{prefix}_{task}_mu_curve.png")
@@ -336,7 +331,7 @@ def _across_runs(runs: Sequence[Mapping[str, Any]], labels: Sequence[str], out: 
                     rows.append([label, "-" if fraction is None else fraction, name, ci_text(m, lo, hi), n])
         if rows:
             header = ["run", "warm-start fraction", "method", headline(task, {})[0], "n"]
-            md += [f"## {TASK_TITLES.get(task, task)}", "", markdown_table(header, rows), ""]
+            md += [f"## {task_title(task)}", "", markdown_table(header, rows), ""]
         ws = plot_warmstart(list(runs), task, out / f"warmstart_{task}.png")
         if ws:
             md += [f"![warm-start]({ws[0].name})", "", f"*{ws[1]}*", ""]

@@ -4,33 +4,29 @@ every method with the reference, write ``results.json`` / ``results.md`` -- and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from svdecode.benchmarks import TRUTHFULQA_MC
+from svdecode.calibration.config import CalibrationConfig, split_options
 from svdecode.calibration.objectives import (
-    DEFAULT_OBJECTIVE,
-    OBJECTIVES,
     ChoiceItem,
     ItemMetric,
-    choice_accuracy,
 )
-from svdecode.checks import NONNEGATIVE_INT, POSITIVE_INT, SEED, UNIT_INTERVAL, check
+from svdecode.checks import UNIT_INTERVAL, check
 from svdecode.errors import InputError
-from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
-from svdecode.eval.commonsense import evaluate_commonsense
 from svdecode.eval.compare import paired_comparisons
-from svdecode.eval.curves import CURVE_TASKS, mu_curve
+from svdecode.eval.curves import mu_curve
 from svdecode.eval.judges import Judge
 from svdecode.eval.methods import (
     NOT_IMPLEMENTED,
-    STANDARD_METHODS,
     MethodSet,
     MethodSpec,
     _specs_for,
@@ -38,21 +34,20 @@ from svdecode.eval.methods import (
     expand_method_names,
     lam_json,
 )
+from svdecode.eval.options import EvalOptions
 from svdecode.eval.report import results_markdown
 from svdecode.eval.strengths import model_fingerprint
-from svdecode.eval.truthfulqa_gen import evaluate_truthfulqa_gen
-from svdecode.eval.truthfulqa_mc import evaluate_mc, mc_prompt
+from svdecode.eval.tasks import get_task
 from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
 from svdecode.runs import rundir
 from svdecode.versions import HARNESS_DEPENDENCIES, dependency_versions
 
 log = logging.getLogger("svdecode")
 
+TASKS_DEFAULT = (TRUTHFULQA_MC,)
+
 
 SCHEMA = "svdecode.eval/1"
-
-
-TASKS = ("truthfulqa_mc", "commonsense", "truthfulqa_gen")
 
 
 def library_versions() -> dict[str, str]:
@@ -60,106 +55,66 @@ def library_versions() -> dict[str, str]:
     return {"platform": platform.platform(), **dependency_versions(HARNESS_DEPENDENCIES)}
 
 
-def _default_data(task: str) -> list[Any]:
-    from svdecode import data
-
-    if task == "truthfulqa_mc":
-        return data.load_truthfulqa_mc()
-    if task == "commonsense":
-        return data.load_commonsense("all", "test")
-    if task == "truthfulqa_gen":
-        return data.load_truthfulqa_generation()
-    raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
-
-
-def _limit(task: str, items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
-    """A seeded subset (:func:`svdecode.data.sample`): per dataset for commonsense."""
-    from svdecode import data
-
-    if limit is None:
-        return list(items)
-    if task != "commonsense":
-        return data.sample(items, limit, seed)
-    by_ds: dict[str, list[Any]] = {}
-    for ex in items:
-        by_ds.setdefault(ex.dataset, []).append(ex)
-    chosen = {ex.id for exs in by_ds.values() for ex in data.sample(exs, limit, seed)}
-    return [ex for ex in items if ex.id in chosen]
-
-
 def run_eval(
     model,
     out_dir: str | Path,
-    tasks: Sequence[str] = ("truthfulqa_mc",),
+    tasks: Sequence[str] = TASKS_DEFAULT,
     *,
-    method_names: Sequence[str] = STANDARD_METHODS,
     calib: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
     methods: MethodSet | Mapping[str, MethodSet] | None = None,
     data: Mapping[str, Sequence[Any]] | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    max_new_tokens: int | None = None,
     judge: Judge | None = None,
-    reference: str = "peft",
-    score_lam: float | None = None,
-    alpha: float | None = None,
-    objective: str = DEFAULT_OBJECTIVE,
-    estimator: str | None = None,
-    guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
-    mc_prompt_style: str = "qa_primer",
-    max_length: int | None = None,
-    n_boot: int = 2000,
-    progress: bool = True,
+    options: EvalOptions | None = None,
+    calibration: CalibrationConfig | None = None,
     run_info: Mapping[str, Any] | None = None,
     overwrite: bool = False,
-    mu_curves: bool = True,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` for every method and write ``results.json`` and
     ``results.md`` (atomically) plus per-item caches and calibration mu*_t arrays in ``out_dir``.
 
-    ``tasks``: any of "truthfulqa_mc", "commonsense", "truthfulqa_gen". ``data`` maps a task to
-    its items (MCItems or Examples); missing tasks load the shared data. ``limit``: a seeded
-    subset (per dataset for commonsense). Methods: a prebuilt :class:`MethodSet` (or one per
-    task), else built with :func:`build_methods` from ``method_names`` and ``calib`` (calibration
-    pairs, shared or per task; they must not overlap the test ids). ``reference``: the method
-    every other one is paired against. ``run_info``: free-form facts about the run stored in
+    ``tasks``: names in the task registry :data:`svdecode.eval.tasks.TASKS` (TruthfulQA MC,
+    commonsense, TruthfulQA generation). ``data`` maps a task to its items (MCItems or Examples);
+    missing tasks load the shared data. Methods: a prebuilt :class:`MethodSet` (or one per task),
+    else built with :func:`build_methods` from ``options.method_names`` and ``calib``
+    (calibration pairs, shared or per task; they must not overlap the test ids). ``options``
+    (:class:`~svdecode.eval.options.EvalOptions`): the methods, reference, limit, seed, batch
+    size, ...; ``calibration`` (:class:`~svdecode.calibration.config.CalibrationConfig`): how the
+    calibrated methods are calibrated (objective, guard, folds, bins, alpha), judged on the
+    calibration questions' own choices; its seed, batch size, max_length and progress are the
+    run's. Keyword arguments set the fields of either by name (``seed=1``, ``folds=3``,
+    ``estimator`` is the old name of ``objective``), as ``generate`` takes overrides of its
+    ``GenerationConfig``. ``run_info``: free-form facts about the run stored in
     ``config.run_info`` (e.g. ``{"warmstart_fraction": 0.5}`` for the warm-start plot).
-    ``max_new_tokens`` defaults to 32 (commonsense) and 50 (TruthfulQA generation).
-    Calibrated methods apply ``objective`` (``estimator`` is its old name) with the guard
-    (``guard``, ``folds``) and confidence bins (``bins``) of :func:`svdecode.calibration.objectives.choose_strength`,
-    judged on the calibration questions' own choices. ``mu_curves``: for TruthfulQA MC and
-    commonsense, one more scoring pass over the test items gives the test metric at every strength
-    (the ORACLE curve, :mod:`svdecode.eval.curves`).
+    A calibration the model itself just ran with the same request (e.g. ``svdecode run``'s) is
+    reused, not computed again.
     Rerunning with the same arguments resumes from the caches; the run manifest
     (:mod:`svdecode.runs.rundir`) records what the evaluation was asked, and a directory holding an
     evaluation asked for something else is refused unless ``overwrite=True`` (which replaces its
     results; per-item caches are reused only where their settings match).
     """
     out = Path(out_dir)
-    _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot)
-    check("alpha", alpha, UNIT_INTERVAL, optional=True)
-    objective = estimator or objective
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    check("folds", folds, POSITIVE_INT)
-    check("bins", bins, NONNEGATIVE_INT)
-    cal = {"objective": objective, "guard": guard, "folds": folds, "bins": bins}
+    opts, cal = split_options(kwargs, options or EvalOptions(), calibration or CalibrationConfig())
+    opts = dataclasses.replace(opts, method_names=tuple(opts.method_names))
+    for t in tasks:
+        get_task(t)
+    opts.validate()
+    cal = cal.replace(
+        seed=opts.seed, batch_size=opts.batch_size, max_length=opts.max_length, progress=opts.progress
+    ).validate()
     if methods is None:
-        check_method_names(method_names)
+        check_method_names(opts.method_names)
     check_eval_dir(out, overwrite)
-    run = _RunSettings(
-        out / "cache", batch_size, max_new_tokens, mc_prompt_style, max_length, n_boot, seed, progress
-    )
-    config = _eval_config(model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, cal)
+    cache_dir = out / "cache"
+    config = _eval_config(model, tasks, opts, cal)
     config["run_info"] = dict(run_info or {})
     task_items = {
-        task: _limit(
-            task, list(data[task]) if data is not None and task in data else _default_data(task), limit, seed
+        name: get_task(name).subset(
+            list(data[name]) if data is not None and name in data else get_task(name).load(),
+            opts.limit,
+            opts.seed,
         )
-        for task in tasks
+        for name in tasks
     }
     request = _eval_request(config, task_items, calib, methods)
     with rundir.locked(out):
@@ -174,55 +129,50 @@ def run_eval(
             "not_implemented": dict(NOT_IMPLEMENTED),
             "tasks": {},
         }
-        for task, items in task_items.items():
-            mset = _task_methods(task, model, items, methods, calib, method_names, run, alpha, cal, score_lam)
-            res = _evaluate_task(task, model, items, list(mset), judge, run)
-            if mu_curves and task in CURVE_TASKS:
-                res["mu_curve"] = mu_curve(
-                    model, task, items, mset, mc_prompt_style=mc_prompt_style, batch_size=batch_size,
-                    max_length=max_length, cache_dir=run.cache_dir, progress=progress, n_boot=n_boot, seed=seed,
-                )  # fmt: skip
-            res["methods"] = _method_records(task, mset, out)
-            res["paired"] = paired_comparisons(
-                task, res["items"], _comparison_pairs(res, mset, reference), n_boot=n_boot, seed=seed
-            )
-            res["n_items"] = len(items)
-            results["tasks"][task] = res
+        for name, items in task_items.items():
+            mset = _task_methods(name, model, items, methods, calib, opts, cal, cache_dir)
+            results["tasks"][name] = _task_results(name, model, items, mset, judge, opts, out)
         write_results(results, out)
         rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
     return results
 
 
-def _eval_config(model, tasks, method_names, seed, limit, run, reference, score_lam, alpha, cal) -> dict:
+def _task_results(name, model, items, mset: MethodSet, judge, opts: EvalOptions, out: Path) -> dict[str, Any]:
+    """One task evaluated: every method's results, its strength curve, records and comparisons."""
+    family = get_task(name)
+    res = family.evaluate(model, items, list(mset), judge, opts, out / "cache")
+    if opts.mu_curves and family.curve:
+        res["mu_curve"] = mu_curve(
+            model, name, items, mset, mc_prompt_style=opts.mc_prompt_style, batch_size=opts.batch_size,
+            max_length=opts.max_length, cache_dir=out / "cache", progress=opts.progress, n_boot=opts.n_boot,
+            seed=opts.seed,
+        )  # fmt: skip
+    res["methods"] = _method_records(name, mset, out)
+    res["paired"] = paired_comparisons(
+        name, res["items"], _comparison_pairs(res, mset, opts.reference), n_boot=opts.n_boot, seed=opts.seed
+    )
+    res["n_items"] = len(items)
+    return res
+
+
+def _eval_config(model, tasks: Sequence[str], opts: EvalOptions, cal: CalibrationConfig) -> dict:
     """The settings recorded in results.json (and, without run_info, compared for reuse)."""
     return {
         "tasks": list(tasks),
-        "method_names": list(method_names),
-        "seed": seed,
-        "limit": limit,
-        "batch_size": run.batch_size,
-        "max_new_tokens": run.max_new_tokens,
-        "reference": reference,
-        "score_lam": lam_json(score_lam),
-        "alpha": float(model.steering.alpha if alpha is None else alpha),
-        **cal,
-        "mc_prompt_style": run.mc_prompt_style,
-        "max_length": run.max_length,
-        "n_boot": run.n_boot,
+        "method_names": list(opts.method_names),
+        "seed": opts.seed,
+        "limit": opts.limit,
+        "batch_size": opts.batch_size,
+        "max_new_tokens": opts.max_new_tokens,
+        "reference": opts.reference,
+        "score_lam": lam_json(opts.score_lam),
+        "alpha": float(model.steering.alpha if cal.alpha is None else cal.alpha),
+        **{k: v for k, v in cal.record().items() if k != "seed"},
+        "mc_prompt_style": opts.mc_prompt_style,
+        "max_length": opts.max_length,
+        "n_boot": opts.n_boot,
         "model": _model_record(model),
     }
-
-
-def _check_args(tasks, limit, seed, batch_size, max_new_tokens, max_length, n_boot) -> None:
-    for t in tasks:
-        if t not in TASKS:
-            raise InputError(f"unknown task {t!r}; choose from {TASKS}")
-    check("limit", limit, POSITIVE_INT, optional=True)
-    check("seed", seed, SEED)
-    check("batch_size", batch_size, POSITIVE_INT)
-    check("max_new_tokens", max_new_tokens, POSITIVE_INT, optional=True)
-    check("max_length", max_length, POSITIVE_INT, optional=True)
-    check("n_boot", n_boot, POSITIVE_INT)
 
 
 def _ids_sha(items: Sequence[Any] | None) -> str | None:
@@ -299,44 +249,27 @@ def _claim_eval_dir(out: Path, request: Mapping[str, Any], overwrite: bool) -> N
         )
 
 
-def _task_methods(task, model, items, methods, calib, method_names, run, alpha, cal, score_lam) -> MethodSet:
+def _task_methods(
+    name: str, model, items, methods, calib, opts: EvalOptions, cal: CalibrationConfig, cache_dir: Path
+) -> MethodSet:
     """The task's methods: prebuilt, or built (and calibrated) from their names."""
     if isinstance(methods, MethodSet):
         return methods
     if isinstance(methods, Mapping):
-        return methods[task]
-    task_calib = calib.get(task) if isinstance(calib, Mapping) else calib
-    _check_disjoint(task, task_calib, items)
-    choices, metric = calibration_choice_items(task, task_calib, run.mc_prompt_style)
+        return methods[name]
+    task_calib = calib.get(name) if isinstance(calib, Mapping) else calib
+    _check_disjoint(name, task_calib, items)
+    choices, metric = calibration_choice_items(name, task_calib, opts.mc_prompt_style)
     return build_methods(
         model,
         task_calib,
-        method_names,
-        alpha=alpha,
+        opts.method_names,
+        cal,
         choices=choices,
         choice_metric=metric,
-        **cal,
-        score_lam=score_lam,
-        seed=run.seed,
-        batch_size=run.batch_size,
-        max_length=run.max_length,
-        progress=run.progress,
-        cache_dir=run.cache_dir / "calibration",
+        score_lam=opts.score_lam,
+        cache_dir=cache_dir / "calibration",
     )
-
-
-@dataclass(frozen=True)
-class _RunSettings:
-    """The run-wide options every task evaluation takes."""
-
-    cache_dir: Path
-    batch_size: int
-    max_new_tokens: int | None
-    mc_prompt_style: str
-    max_length: int | None
-    n_boot: int
-    seed: int
-    progress: bool
 
 
 def _model_record(model) -> dict[str, Any]:
@@ -352,23 +285,11 @@ def _model_record(model) -> dict[str, Any]:
 
 
 def calibration_choice_items(
-    task: str, calib: Sequence[Any] | None, mc_prompt_style: str
+    name: str, calib: Sequence[Any] | None, mc_prompt_style: str
 ) -> tuple[list[ChoiceItem] | None, ItemMetric]:
-    """The calibration examples' multiple-choice view for the task objective and the guard:
-    TruthfulQA MC answers after the evaluation's own MC prompt, commonsense label options."""
-    if not calib:
-        return None, choice_accuracy
-    if task.startswith("truthfulqa"):
-        from svdecode.data import load_truthfulqa_mc
-
-        by_id = {it.id: it for it in load_truthfulqa_mc()}
-        items = [
-            mc_choice_item(by_id[c.id], mc_prompt(by_id[c.id].question, mc_prompt_style))
-            for c in calib
-            if getattr(c, "id", None) in by_id
-        ]
-        return (items or None), truthfulqa_mc_average
-    return calibration_choices(calib)
+    """The calibration examples' multiple-choice view for the task objective and the guard
+    (:meth:`svdecode.eval.tasks.TaskFamily.calibration_choices`)."""
+    return get_task(name).calibration_choices(calib, mc_prompt_style)
 
 
 def _check_disjoint(task: str, calib: Sequence[Any] | None, items: Sequence[Any]) -> None:
@@ -381,22 +302,6 @@ def _check_disjoint(task: str, calib: Sequence[Any] | None, items: Sequence[Any]
         raise ValueError(
             f"{task}: {len(overlap)} calibration example(s) are also test items, e.g. {overlap[:3]}"
         )
-
-
-def _evaluate_task(
-    task: str, model, items: Sequence[Any], specs: list[MethodSpec], judge: Judge | None, run: _RunSettings
-) -> dict[str, Any]:
-    common = dict(batch_size=run.batch_size, cache_dir=run.cache_dir, progress=run.progress, seed=run.seed)
-    if task == "truthfulqa_mc":
-        return evaluate_mc(
-            model, items, specs, prompt_style=run.mc_prompt_style, max_length=run.max_length, n_boot=run.n_boot,
-            **common,
-        )  # fmt: skip
-    if task == "commonsense":
-        return evaluate_commonsense(model, items, specs, max_new_tokens=run.max_new_tokens or 32, **common)
-    return evaluate_truthfulqa_gen(
-        model, items, specs, judge, max_new_tokens=run.max_new_tokens or 50, **common
-    )
 
 
 def _method_records(task: str, mset: MethodSet, out: Path) -> dict[str, Any]:

@@ -4,22 +4,19 @@ disk under the run's cache so a rerun reuses it; plus the model fingerprint ever
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from svdecode.calibration.calibrate import calibrate_streams
+from svdecode.calibration.calibrate import calibrate_streams, result_key
+from svdecode.calibration.config import CalibrationConfig, data_hash
 from svdecode.calibration.objectives import (
-    DEFAULT_OBJECTIVE,
     ChoiceItem,
     ChoiceStats,
     ItemMetric,
@@ -31,16 +28,6 @@ from svdecode.model.scoring import split_pairs
 from svdecode.steering import ESTIMATORS
 
 log = logging.getLogger("svdecode")
-
-
-def _pairs_hash(prompts: Sequence[str], answers: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for p, a in zip(prompts, answers, strict=True):
-        h.update(p.encode())
-        h.update(b"\x00")
-        h.update(a.encode())
-        h.update(b"\x01")
-    return h.hexdigest()[:16]
 
 
 def model_fingerprint(model) -> str:
@@ -65,23 +52,10 @@ def model_fingerprint(model) -> str:
     return short_hash(parts)
 
 
-@dataclass(frozen=True)
-class CalibrationSettings:
-    """How every (method, alpha) of one evaluation is calibrated."""
-
-    objective: str = DEFAULT_OBJECTIVE
-    trim: float = 0.1
-    guard: bool = True
-    folds: int = 5
-    bins: int = 3
-    seed: int = 0
-    batch_size: int = 8
-    max_length: int | None = None
-    progress: bool = True
-
-
 class Calibrator:
-    """Calibrates (method, alpha) once, in memory and optionally on disk.
+    """Calibrates (method, alpha) once, in memory and optionally on disk; a calibration the model
+    itself just ran with the same request (``model.last_calibration``, e.g. the one of ``svdecode
+    run`` before its evaluation) is taken as it is, not computed again.
 
     Besides the decision it records the calibration curve: the mean per-token NLL (and the task
     metric on the calibration choices) at every point of the strength grid.
@@ -91,7 +65,7 @@ class Calibrator:
         self,
         model,
         calib,
-        settings: CalibrationSettings,
+        settings: CalibrationConfig,
         cache_dir: str | Path | None = None,
         choices: Sequence[ChoiceItem] | None = None,
         choice_metric: ItemMetric = choice_accuracy,
@@ -102,10 +76,7 @@ class Calibrator:
         self.has_data = calib is not None and len(self.prompts) > 0
         self.choices, self.choice_metric = (list(choices) if choices else None), choice_metric
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.data_hash = _pairs_hash(self.prompts, self.answers) if self.has_data else None
-        if self.choices:
-            opts = [(c.prompt + "\x02" + "\x03".join(c.options), str(c.labels)) for c in self.choices]
-            self.data_hash += "+" + _pairs_hash(*zip(*opts, strict=True))
+        self.data_hash = data_hash(self.prompts, self.answers, self.choices) if self.has_data else None
         self.memo: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
 
     def key(self, method: str, alpha: float) -> str:
@@ -124,7 +95,7 @@ class Calibrator:
                 {
                     "key": key,
                     "data": self.data_hash,
-                    "settings": dataclasses.asdict(self.settings) | {"progress": None, "batch_size": None},
+                    "settings": self.settings.cache_key(),
                     "model": model_fingerprint(self.model),
                 }
             )
@@ -150,26 +121,29 @@ class Calibrator:
         st = self.settings
         linear = method in DIRECTION_OF
         objective = st.objective if linear or st.objective in ESTIMATORS else "mean"
-        result = calibrate_streams(
-            self.model.streams,
-            self.model.tokenizer,
-            self.prompts,
-            self.answers,
-            alpha=alpha,
-            objective=objective,
-            method=method,
-            batch_size=st.batch_size,
-            trim=st.trim,
-            max_length=st.max_length,
-            progress=st.progress,
-            ids=self.ids,
-            choices=self.choices if linear else None,
-            choice_metric=self.choice_metric,
-            guard=st.guard,
-            folds=st.folds,
-            bins=st.bins,
-            seed=st.seed,
+        cfg = st.replace(objective=objective, alpha=alpha)
+        choices = self.choices if linear else None
+        key = result_key(
+            cfg, method, alpha, self.prompts, self.answers, self.ids, choices, self.choice_metric
         )
+        result = getattr(self.model, "last_calibration", None)
+        if result is not None and result.key == key:
+            log.info(
+                "calibration %s: the model's own calibration was asked the same; reusing it",
+                self.key(method, alpha),
+            )
+        else:
+            result = calibrate_streams(
+                self.model.streams,
+                self.model.tokenizer,
+                self.prompts,
+                self.answers,
+                cfg,
+                method=method,
+                ids=self.ids,
+                choices=choices,
+                choice_metric=self.choice_metric,
+            )
         stats = dict(result.stats)
         if result.token_stats is not None:
             stats["curve"] = calibration_curve(result.token_stats, result.choice_stats, stats["estimates"])

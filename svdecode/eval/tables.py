@@ -7,11 +7,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-TASK_TITLES = {
-    "truthfulqa_mc": "TruthfulQA multiple choice",
-    "commonsense": "Commonsense reasoning",
-    "truthfulqa_gen": "TruthfulQA open-ended",
-}
+from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
+
+
+def task_title(task: str) -> str:
+    """The task family's title in the registry (:data:`svdecode.eval.tasks.TASKS`)."""
+    from svdecode.eval.tasks import TASKS  # lazily: the registry imports the evaluators
+
+    return TASKS[task].title if task in TASKS else task
+
+
+def task_columns(task: str) -> tuple[str, ...]:
+    """The metrics of the task family's paired-differences table (the registry's ``columns``)."""
+    from svdecode.eval.tasks import TASKS
+
+    return TASKS[task].columns
 
 
 def as_num(x: Any) -> float:
@@ -51,10 +61,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def headline(task: str, m: Mapping[str, Any]) -> tuple[str, float, float, float]:
     """(label, mean, lo, hi) of a task's headline metric, as fractions (percent for TQA gen / 100)."""
-    if task == "truthfulqa_mc":
+    if task == TRUTHFULQA_MC:
         d = m.get("MC_avg", {})
         return "MC avg (bootstrap 95% CI)", as_num(d.get("mean")), as_num(d.get("lo")), as_num(d.get("hi"))
-    if task == "commonsense":
+    if task == COMMONSENSE:
         d = m.get("micro", {})
         return (
             "accuracy, all items (Wilson 95% CI)",
@@ -62,7 +72,7 @@ def headline(task: str, m: Mapping[str, Any]) -> tuple[str, float, float, float]
             as_num(d.get("ci_lo")),
             as_num(d.get("ci_hi")),
         )
-    if task == "truthfulqa_gen":
+    if task == TRUTHFULQA_GEN:
         lo, hi = m.get("%Truth*Info_ci", (math.nan, math.nan))
         return (
             "%Truth*Info (Wilson 95% CI)",
@@ -74,7 +84,7 @@ def headline(task: str, m: Mapping[str, Any]) -> tuple[str, float, float, float]
 
 
 def n_items(task: str, m: Mapping[str, Any]) -> int:
-    if task == "commonsense":
+    if task == COMMONSENSE:
         return int(m.get("micro", {}).get("n", 0))
     return int(m.get("n", 0))
 
@@ -145,7 +155,7 @@ def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | N
         rows.append(
             [
                 label,
-                TASK_TITLES.get(task, task),
+                task_title(task),
                 curve["n_items"],
                 pct(curve["at_zero"]),
                 f"{num(applied.get('mu'), 3)}: {_diff_cell(marks.get('peft+svdecode'))}",

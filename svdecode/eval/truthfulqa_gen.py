@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from svdecode.benchmarks import TRUTHFULQA_GEN
 from svdecode.eval import generation, metrics
 from svdecode.eval.cache import ItemCache, cache_path
 from svdecode.eval.commonsense import same_generation_groups, share_within_group
@@ -60,21 +61,21 @@ def evaluate_truthfulqa_gen(
     the judge re-judges without regenerating. Unclear judge replies count as False (reported)."""
     judge = judge or SimilarityJudge()
     fp_common = {
-        "task": "truthfulqa_gen",
+        "task": TRUTHFULQA_GEN,
         "max_new_tokens": max_new_tokens,
         "prompt": "qa_primer",
         "model": model_fingerprint(model),
     }
     gen_caches = {
         m.name: ItemCache(
-            cache_path(cache_dir, "truthfulqa_gen", m.name), {**fp_common, **m.key(scoring=False)}
+            cache_path(cache_dir, TRUTHFULQA_GEN, m.name), {**fp_common, **m.key(scoring=False)}
         )
         for m in methods
     }
     jslug = slug(judge.name) + "-" + judge.fingerprint()[:8]
     judge_caches = {
         m.name: ItemCache(
-            cache_path(cache_dir, "truthfulqa_gen", m.name, f".judge-{jslug}"),
+            cache_path(cache_dir, TRUTHFULQA_GEN, m.name, f".judge-{jslug}"),
             {**fp_common, **m.key(scoring=False), "judge": judge.fingerprint()},
         )
         for m in methods

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from svdecode.benchmarks import TRUTHFULQA_MC
 from svdecode.eval import metrics
 from svdecode.eval.cache import ItemCache, cache_path
-from svdecode.eval.methods import MethodSpec, as_float, lam_json, using_method
+from svdecode.eval.methods import MethodSpec, as_float, lam_json
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.model.scoring import batches, encode_pairs
 
@@ -91,16 +92,14 @@ def evaluate_mc(
     scoring = [m for m in methods if not m.decoding or m.decoding_name == "greedy"]
     skipped = {m.name: "decoding variants do not apply to scoring" for m in methods if m not in scoring}
     fp_common = {
-        "task": "truthfulqa_mc",
+        "task": TRUTHFULQA_MC,
         "prompt_style": prompt_style,
         "max_length": max_length,
         "model": model_fingerprint(model),
         "scoring": "sum of answer-token log-probs",
     }
     caches = {
-        m.name: ItemCache(
-            cache_path(cache_dir, "truthfulqa_mc", m.name), {**fp_common, **m.key(scoring=True)}
-        )
+        m.name: ItemCache(cache_path(cache_dir, TRUTHFULQA_MC, m.name), {**fp_common, **m.key(scoring=True)})
         for m in scoring
     }
     cached_counts = {m.name: sum(1 for it in items if it.id in caches[m.name]) for m in scoring}
@@ -175,8 +174,7 @@ def _score_missing(
         targets = batch.targets.to(model.device).unsqueeze(-1)
         wanted = {m.name: m for qi, _ in chunk for m in need[qi]}
         for spec in wanted.values():
-            with using_method(model, spec, scoring=True):
-                logits = model.combine(z_phi[:, :-1], z_theta[:, :-1])
+            logits = model.combine(z_phi[:, :-1], z_theta[:, :-1], spec.steerer(scoring=True))
             tgt = torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1).cpu()
             for row, n, (qi, choice) in zip(tgt, batch.answer_lengths, chunk, strict=True):
                 if any(m.name == spec.name for m in need[qi]):

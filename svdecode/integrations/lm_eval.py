@@ -24,8 +24,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -301,10 +300,10 @@ class SVDecodeLM(HFLM):
             max_length=args.max_length,
         )
         self._shard_across_processes()
-        s = self.model.steering
+        st = self.steerer
         log.info(
             "svdecode: adapter %s on %s, method %s, mu=%.6g (%s), alpha=%g; loglikelihood: %s; generate_until: lam=%s",
-            args.adapter, args.base, s.method, s.mu, args.mu_source, s.alpha, SCORING_MODE, s.lam,
+            args.adapter, args.base, st.method, st.mu, args.mu_source, st.alpha, SCORING_MODE, st.lam,
         )  # fmt: skip
 
     @classmethod
@@ -334,6 +333,9 @@ class SVDecodeLM(HFLM):
         steering.adapter_type = steering.adapter_type or model.steering.adapter_type
         model.steering = steering
         self._model = model
+        # generate_until decodes with the artifact's settings, log-likelihoods in the scoring mode
+        self.steerer = steering.steerer
+        self.scoring_steerer = self.steerer.replace(lam=None)
 
     def _shard_across_processes(self) -> None:
         """Under ``accelerate launch`` HFLM shards requests only when it counts more than one GPU; on
@@ -343,38 +345,34 @@ class SVDecodeLM(HFLM):
         if acc is not None and acc.num_processes > 1 and self.world_size == 1:
             self._rank, self._world_size = acc.process_index, acc.num_processes
 
-    @contextmanager
-    def scoring_mode(self) -> Iterator[None]:
-        """Steered logits with ``lam=None`` for the duration (teacher-forced scoring)."""
-        steering = self.model.steering
-        lam, steering.lam = steering.lam, None
-        try:
-            yield
-        finally:
-            steering.lam = lam
-
     def _model_call(
         self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        # Every log-likelihood request (and batch-size detection) comes through here.
-        with self.scoring_mode():
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        # Every log-likelihood request (and batch-size detection) comes through here: the scoring
+        # steerer (HFLM's own call, for a causal LM, is self.model(inps).logits under no_grad).
+        with torch.no_grad():
+            return self.model(inps, steering=self.scoring_steerer).logits
+
+    def _model_generate(
+        self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        return super()._model_generate(context, max_length, stop, steering=self.steerer, **kwargs)
 
     def get_model_info(self) -> dict[str, Any]:
         info = super().get_model_info()
-        s, args = self.model.steering, self.svdecode_args
+        st, args = self.steerer, self.svdecode_args
         info["svdecode"] = {
             "adapter": str(args.adapter),
             "base": args.base,
-            "adapter_type": s.adapter_type,
+            "adapter_type": self.model.steering.adapter_type,
             "streams": self.model.streams.kind,
-            "method": s.method,
-            "mu": s.mu,
+            "method": st.method,
+            "mu": st.mu,
             "mu_source": args.mu_source,
-            "mu_bins": s.mu_bins,
-            "alpha": s.alpha,
+            "mu_bins": st.mu_bins.to_json() if st.mu_bins else None,
+            "alpha": st.alpha,
             "loglikelihood": SCORING_MODE,
-            "generate_until_lam": repr(s.lam),
+            "generate_until_lam": repr(st.lam),
         }
         return info
 

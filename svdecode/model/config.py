@@ -21,6 +21,7 @@ from svdecode.calibration.objectives import OBJECTIVES
 from svdecode.checks import MAX_STRENGTH, UNIT_INTERVAL, Rule, strength_problem
 from svdecode.errors import SvdecodeError
 from svdecode.fileio import write_json_atomic
+from svdecode.steering import RULES, Steerer, SteeringError
 
 CONFIG_NAME = "steering_config.json"
 # 2: the schema below; lam is a number, "-inf" or null (1 wrote finite values as strings too).
@@ -28,9 +29,9 @@ CONFIG_NAME = "steering_config.json"
 FORMAT_VERSION = 3
 SUPPORTED_VERSIONS = (1, 2, 3)
 
-# How the two distributions are combined (the first is the method; the rest are the comparisons
-# and ablations the evaluation needs, computed from the same two streams).
-METHODS = ("svdecode", "prob_space", "logit_arithmetic", "adapted", "base")
+# How the two distributions are combined: the registered combine rules (svdecode.steering.RULES;
+# the first is the method, the rest the comparisons and ablations the evaluation needs).
+METHODS = tuple(RULES)
 
 
 class ConfigError(SvdecodeError, ValueError):
@@ -169,9 +170,25 @@ def check_fields(
     return values
 
 
+def _steerer(method: str, mu: float, alpha: float, lam: float | None, mu_bins: Any) -> Steerer:
+    """Binned strengths go only to the rules that take them; the others use ``mu`` (a recorded
+    calibration keeps its bins when ``override(method=...)`` picks such a rule)."""
+    takes_bins = RULES[method].binned if method in RULES else True
+    return Steerer(method, mu, alpha, lam, mu_bins if takes_bins else None)
+
+
+def _check_steerer(values: Mapping[str, Any], source: str) -> None:
+    try:
+        _steerer(*(values[k] for k in ("method", "mu", "alpha", "lam", "mu_bins")))
+    except SteeringError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
 @dataclass
 class SteeringConfig:
-    """Everything needed to reproduce steered decoding besides the weights.
+    """Everything needed to reproduce steered decoding besides the weights: the decoding fields
+    (``method``, ``mu``, ``alpha``, ``lam``, ``mu_bins``), from which :attr:`steerer` builds the
+    :class:`~svdecode.steering.Steerer` that decodes, and the calibration record.
 
     ``lam``: value for tokens outside the confidence mask: ``-inf`` (paper), a finite float, or
     ``None`` for the scoring mode (masked tokens keep their adapted logit).
@@ -194,8 +211,16 @@ class SteeringConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field against :data:`SCHEMA` (raises :class:`ConfigError`)."""
-        check_fields({name: getattr(self, name) for name in SCHEMA}, "steering settings", from_file=False)
+        """Check every field against :data:`SCHEMA` and the decoding fields as a steerer (raises
+        :class:`ConfigError`)."""
+        values = {name: getattr(self, name) for name in SCHEMA}
+        _check_steerer(check_fields(values, "steering settings", from_file=False), "steering settings")
+
+    @property
+    def steerer(self) -> Steerer:
+        """The :class:`~svdecode.steering.Steerer` of the current decoding fields, built on each
+        access so that ``config.mu = ...`` takes effect."""
+        return _steerer(self.method, self.mu, self.alpha, self.lam, self.mu_bins)
 
     def override(self, **values: Any) -> None:
         """Set the given fields (``None`` leaves a field as it is) and validate. A new ``mu`` or
@@ -230,7 +255,9 @@ class SteeringConfig:
             )
         if version < 3 and "estimator" in data:  # renamed in format 3, same values
             data = {("objective" if k == "estimator" else k): v for k, v in data.items()}
-        return cls(**check_fields(data, source, version=version))
+        values = check_fields(data, source, version=version)
+        _check_steerer(values, source)
+        return cls(**values)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``steering_config.json`` atomically (temp file + rename)."""

@@ -12,7 +12,7 @@ import copy
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,9 @@ from tqdm.auto import tqdm
 from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from svdecode import steering
 from svdecode.calibration.calibrate import CalibrationResult, calibrate_streams
-from svdecode.calibration.objectives import (
-    DEFAULT_OBJECTIVE,
-    MAX_BINS,
-    ChoiceItem,
-    ItemMetric,
-    choice_accuracy,
-)
-from svdecode.calibration.strength import binned_strength
+from svdecode.calibration.config import CalibrationConfig
+from svdecode.calibration.objectives import ChoiceItem, ItemMetric, choice_accuracy
 from svdecode.checks import (
     POSITIVE_INT,
     Rule,
@@ -58,8 +51,13 @@ from svdecode.model.streams import (
     warn_if_untested,
 )
 from svdecode.runs import rundir
+from svdecode.steering import Steerer
 
 log = logging.getLogger("svdecode")
+
+# What decides the steered logits: a Steerer, a BatchSteerer (one per row), or any callable
+# (z_phi, z_theta) -> fp32 logits. None: the model's own ``steering`` settings.
+Steering = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _version() -> str:
@@ -72,7 +70,10 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     """Steered decoding and scoring over a PEFT model (or a fine-tuned/base pair).
 
     Build one with :meth:`from_peft`, :meth:`from_models` or :meth:`from_pretrained`; set the
-    strength with :meth:`calibrate` (or ``model.steering.mu = ...``).
+    strength with :meth:`calibrate` (or ``model.steering.mu = ...``). ``model.steering`` (a
+    :class:`SteeringConfig`) holds the settings and the calibration record, ``model.steerer`` the
+    :class:`~svdecode.steering.Steerer` they define. ``generate``, ``generate_text``, ``score`` and
+    ``forward`` take ``steering=`` another steerer for one call, leaving the model's own unchanged.
     """
 
     base_model_prefix = "steered"
@@ -99,6 +100,9 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         # The content hash of the adapter folder this model was loaded from (rundir.adapter_digest):
         # save_pretrained writes only the steering settings into a folder that already holds it.
         self.adapter_digest: str | None = None
+        # The calibration that set the current strength (in this process), for reuse by an
+        # evaluation asked the same calibration (svdecode.eval.strengths.Calibrator).
+        self.last_calibration: CalibrationResult | None = None
         gen_cfg = getattr(streams.modules[0], "generation_config", None)
         if gen_cfg is not None:
             self.generation_config = copy.deepcopy(gen_cfg)
@@ -268,20 +272,16 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         return written
 
     # -- the steered distribution --------------------------------------------------------------
-    def combine(self, z_phi: torch.Tensor, z_theta: torch.Tensor) -> torch.Tensor:
-        """Logits of the configured method from the two streams' logits (fp32)."""
-        s = self.steering
-        bins = getattr(s, "mu_bins", None)
-        mu = binned_strength(z_phi, bins) if bins and s.method in ("svdecode", "logit_arithmetic") else s.mu
-        if s.method == "svdecode":
-            return steering.steer_logits(z_phi, z_theta, mu, alpha=s.alpha, lam=s.lam)
-        if s.method == "logit_arithmetic":
-            return steering.logit_arithmetic(z_phi, z_theta, mu, alpha=s.alpha, lam=s.lam)
-        if s.method == "prob_space":
-            return steering.steer_logits_prob_space(z_phi, z_theta, s.mu, alpha=s.alpha, lam=s.lam)
-        if s.method == "adapted":
-            return z_phi.float()
-        return z_theta.float()  # "base"
+    @property
+    def steerer(self) -> Steerer:
+        """The steerer of the model's current ``steering`` settings."""
+        return self.steering.steerer
+
+    def combine(
+        self, z_phi: torch.Tensor, z_theta: torch.Tensor, steering: Steering | None = None
+    ) -> torch.Tensor:
+        """Steered fp32 logits from the two streams' logits, by ``steering`` (default: the model's)."""
+        return (self.steerer if steering is None else steering)(z_phi, z_theta)
 
     def forward(
         self,
@@ -291,10 +291,12 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         position_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        steering: Steering | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Steered logits for ``input_ids``. ``position_ids`` is accepted for ``generate()`` but
-        each stream derives its positions from ``attention_mask`` (virtual tokens shift them)."""
+        """Steered logits for ``input_ids`` (by ``steering``, default the model's). ``position_ids``
+        is accepted for ``generate()`` but each stream derives its positions from
+        ``attention_mask`` (virtual tokens shift them)."""
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(
                 "SteeredModel takes input_ids, not inputs_embeds (both streams embed the same tokens)"
@@ -314,7 +316,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             past = cache.get_seq_length() if cache is not None else 0
             attention_mask = input_ids.new_ones(input_ids.shape[0], past + input_ids.shape[1])
         z_phi, z_theta = self.streams(input_ids, attention_mask, cache, logits_to_keep)
-        return CausalLMOutputWithPast(logits=self.combine(z_phi, z_theta), **cache_kwargs(cache))
+        return CausalLMOutputWithPast(logits=self.combine(z_phi, z_theta, steering), **cache_kwargs(cache))
 
     def _require_tokenizer(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:
@@ -342,7 +344,8 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
 
     def generate(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         """``GenerationMixin.generate`` after checking its parameters against the ranges
-        transformers defines and the prompt length against the model's context."""
+        transformers defines and the prompt length against the model's context. ``steering=`` a
+        steerer decodes this call with it (generate passes it on to :meth:`forward`)."""
         check_generation(kwargs)
         ids = kwargs.get("input_ids", args[0] if args else None)
         room = self.context_room()
@@ -371,9 +374,11 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         batch_size: int = 8,
         progress: bool = False,
         truncate: bool = False,
+        steering: Steering | None = None,
         **generate_kwargs: Any,
     ) -> list[str]:
         """Generate continuations for ``prompts`` (left-padded batches); returns only new text.
+        ``steering``: a steerer for this call (default: the model's).
 
         Prompts longer than the model's context (less ``max_new_tokens``) are refused, or with
         ``truncate=True`` cut to their last tokens; an empty prompt starts from the BOS token."""
@@ -389,7 +394,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         for sl in tqdm(list(batches(len(rows), batch_size)), desc="generating", disable=not progress):
             enc = tok.pad({"input_ids": rows[sl]}, padding=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
-                out = self.generate(**enc, **generate_kwargs)
+                out = self.generate(**enc, steering=steering, **generate_kwargs)
             outputs.extend(tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True))
         return outputs
 
@@ -413,8 +418,10 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         batch_size: int = 8,
         max_length: int | None = None,
         progress: bool = False,
+        steering: Steering | None = None,
     ) -> list[torch.Tensor]:
-        """Steered log-probabilities of each answer's tokens given its prompt (teacher forcing).
+        """Steered log-probabilities of each answer's tokens given its prompt (teacher forcing), by
+        ``steering`` (default: the model's).
 
         Scoring reads answer tokens that may lie outside the confidence mask: with ``lam=-inf``
         they score -inf. Use ``lam=None`` (steer kept tokens, leave the rest) or a finite ``lam``
@@ -427,7 +434,7 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
             batch = encode_pairs(tok, prompts[sl], answers[sl], max_length=max_length)
             ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
             z_phi, z_theta = self.streams(ids, mask, None, batch.keep)
-            logp = torch.log_softmax(self.combine(z_phi[:, :-1], z_theta[:, :-1]), dim=-1)
+            logp = torch.log_softmax(self.combine(z_phi[:, :-1], z_theta[:, :-1], steering), dim=-1)
             tgt = logp.gather(-1, batch.targets.to(self.device).unsqueeze(-1)).squeeze(-1).cpu()
             for row, n in zip(tgt, batch.answer_lengths, strict=True):
                 out.append(row[row.shape[0] - n :])
@@ -436,58 +443,46 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
     def calibrate(
         self,
         pairs: Sequence[Any],
-        objective: str = DEFAULT_OBJECTIVE,
-        batch_size: int = 8,
-        trim: float = 0.1,
-        max_length: int | None = None,
-        progress: bool = True,
+        calibration: CalibrationConfig | None = None,
         *,
-        estimator: str | None = None,
         choices: Sequence[ChoiceItem] | None = None,
         choice_metric: ItemMetric = choice_accuracy,
-        guard: bool = True,
-        folds: int = 5,
-        bins: int = 3,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> CalibrationResult:
         """Calibrate the strength on labelled pairs: ``(prompt, answer)`` tuples or objects with
         ``.prompt``/``.answer`` (and ``.id``, e.g. :class:`svdecode.data.Example`).
 
-        ``objective``: "nll" (exact minimiser of the steered NLL, default), "task" (best task metric
-        on ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the
-        old name of this argument). Every objective is computed and recorded; ``guard`` (k-fold
-        cross-validation, ``folds``) turns steering off when the chosen one does not beat mu = 0
-        on held-out data; ``bins`` > 1 also fits strengths per confidence bin, kept only if
-        cross-validation prefers them. Sets ``steering.mu`` (and ``steering.mu_bins``).
+        How: ``calibration`` (:class:`~svdecode.calibration.config.CalibrationConfig`, default: its
+        defaults) with any of its fields given as keywords overriding it, as ``generate`` takes a
+        ``GenerationConfig`` -- e.g. ``calibrate(pairs, objective="nll", folds=3)``. ``objective``:
+        "nll" (exact minimiser of the steered NLL, default), "task" (best task metric on
+        ``choices``), or the paper's "mean"/"median"/"trimmed"/"pooled" (``estimator`` is the old
+        name). Every objective is computed and recorded; ``guard`` (k-fold cross-validation,
+        ``folds``) turns steering off when the chosen one does not beat mu = 0 on held-out data;
+        ``bins`` > 1 also fits strengths per confidence bin, kept only if cross-validation prefers
+        them; ``alpha`` (when given) becomes the steering's mask. Sets ``steering.mu`` (and
+        ``steering.mu_bins``); the result is kept as ``last_calibration``.
         """
-        if estimator is not None:
-            objective = estimator
+        cfg = CalibrationConfig.resolve(calibration, kwargs).validate()
         prompts, answers = split_pairs(pairs)
-        self._check_pairs(prompts, answers, max_length, batch_size, trim)
-        check("bins", bins, Rule("int", lo=0, hi=MAX_BINS))
+        self._check_pairs(prompts, answers, cfg.max_length, cfg.batch_size, cfg.trim)
+        if cfg.alpha is not None:
+            self.steering.override(alpha=cfg.alpha)
         ids = [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]
         result = calibrate_streams(
             self.streams,
             self._require_tokenizer(),
             prompts,
             answers,
-            alpha=self.steering.alpha,
-            objective=objective,
+            cfg.replace(alpha=self.steering.alpha),
             method=self.steering.method,
-            batch_size=batch_size,
-            trim=trim,
-            max_length=max_length,
-            progress=progress,
             ids=ids,
             choices=choices,
             choice_metric=choice_metric,
-            guard=guard,
-            folds=folds,
-            bins=bins,
-            seed=seed,
         )
         self.steering.mu = result.mu
-        self.steering.objective = objective
+        self.steering.objective = cfg.objective
         self.steering.mu_bins = result.mu_bins
         self.steering.calibration = result.stats
+        self.last_calibration = result
         return result

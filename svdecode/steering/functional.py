@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from svdecode.checks import check_strength
+from svdecode.checks import MAX_STRENGTH, check_strength
 
 __all__ = [
     "EPS",
+    "MAX_STRENGTH",
     "check_finite",
+    "check_strength",
     "steering_vector",
     "confidence_mask",
     "steer_logits",
@@ -146,11 +148,14 @@ def confidence_mask(logits_adapted: torch.Tensor, alpha: float = 0.1) -> torch.T
 
 
 def _strength(mu: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(mu, numbers.Real):  # a Python number: say what fp32 can take (1e39 is finite)
-        check_strength(mu, "mu")
+    if isinstance(mu, numbers.Real):  # a number: svdecode.checks says why (1e39 is finite, not in fp32)
+        check_strength(mu, "steering strength")
     mu_t = torch.as_tensor(mu, dtype=torch.float32, device=device)
-    if not bool(torch.isfinite(mu_t).all()):
-        raise ValueError(f"steering strength must be finite in fp32, got {mu}")
+    if not bool((mu_t.abs() <= MAX_STRENGTH).all()):  # NaN fails the comparison too
+        raise ValueError(
+            f"steering strength must be finite numbers of magnitude at most {MAX_STRENGTH:g} (the largest "
+            f"whose fp32 steering step is representable), got {mu}"
+        )
     return mu_t
 
 

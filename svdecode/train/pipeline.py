@@ -17,19 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from svdecode.calibration.calibrate import CalibrationResult
-from svdecode.calibration.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ChoiceItem, ItemMetric
+from svdecode.calibration.config import DEFAULT_ALPHA, CalibrationConfig, split_options
+from svdecode.calibration.config import calibration_request as core_request
+from svdecode.calibration.objectives import ChoiceItem, ItemMetric
 from svdecode.checks import (
-    NONNEGATIVE_INT,
     POSITIVE_INT,
     SEED,
     UNIT_INTERVAL,
-    Rule,
     check,
     check_model_source,
 )
 from svdecode.data import Example, Splits, make_splits
 from svdecode.errors import InputError
-from svdecode.fileio import short_hash
 from svdecode.model.config import CONFIG_NAME
 from svdecode.model.loading import load_tokenizer, portable_base_name
 from svdecode.model.steered_model import SteeredModel
@@ -46,6 +45,8 @@ from svdecode.train.config import WarmstartConfig, WarmstartError, validate
 from svdecode.train.trainer import warmstart
 
 log = logging.getLogger("svdecode")
+
+ChoiceView = tuple[list[ChoiceItem] | None, ItemMetric | None]
 
 
 @dataclass
@@ -87,32 +88,32 @@ def _check_sizes(n_train: Any, n_calib: Any, n_test: Any) -> None:
             check(name, value, POSITIVE_INT)
 
 
-def calibration_settings(options: dict[str, Any]) -> dict[str, Any]:
-    """The recordable part of ``SteeredModel.calibrate`` options: objective, guard, folds, bins,
-    seed, and which choice items (by id) and metric the task objective and the guard judge on."""
-    choices = options.get("choices")
-    metric = options.get("choice_metric")
-    return {
-        **{k: options[k] for k in ("objective", "guard", "folds", "bins", "seed") if k in options},
-        "choices": None
-        if not choices
-        else {"n": len(choices), "ids_sha256": short_hash([c.id for c in choices])},
-        "choice_metric": getattr(metric, "__name__", None) if choices else None,
-    }
+@dataclass(frozen=True)
+class SplitOptions:
+    """Which examples of the pool each stage gets: ``n_calib`` held out for calibration,
+    ``n_test`` (optional) for testing, ``n_train`` (default: all the rest) trained on -- counts
+    >= 1 or fractions in (0, 1] -- drawn with ``seed``; ``source`` names the pool in the split
+    manifest, so ``svdecode eval`` can reload the calibration split from it alone."""
+
+    n_train: int | float | None = None
+    n_calib: int | float = 128
+    n_test: int | float | None = None
+    seed: int = 0
+    source: str | None = None
+
+    def validate(self) -> SplitOptions:
+        _check_sizes(self.n_train, self.n_calib, self.n_test)
+        check("seed", self.seed, SEED)
+        return self
 
 
 def calibration_request(
-    splits: Splits, options: dict[str, Any], alpha: float, adapter: str | None
+    splits: Splits, cal: CalibrationConfig, view: ChoiceView, adapter: str | None
 ) -> dict[str, Any]:
-    """What the calibration stage is asked: its examples, settings, alpha and the adapter (by
-    content hash) it calibrates."""
-    return {
-        **calibration_settings(options),
-        "alpha": alpha,
-        "method": "svdecode",
-        "data": {"n": len(splits.calib), "ids_sha256": splits.manifest["sha256"]["calib"]},
-        "adapter_sha256": adapter,
-    }
+    """What the calibration stage is asked (:func:`svdecode.calibration.config.calibration_request`):
+    its settings and choice items, the calibration split, alpha and the adapter (by content hash)."""
+    data = {"n": len(splits.calib), "ids_sha256": splits.manifest["sha256"]["calib"]}
+    return core_request(cal, data, adapter, *view, alpha=cal.alpha, method="svdecode")
 
 
 def run_pipeline(
@@ -121,49 +122,39 @@ def run_pipeline(
     cfg: WarmstartConfig | None = None,
     *,
     base: str = "default",
-    n_train: int | float | None = None,
-    n_calib: int | float = 128,
-    n_test: int | float | None = None,
-    seed: int = 0,
-    objective: str = DEFAULT_OBJECTIVE,
-    guard: bool = True,
-    folds: int = 5,
-    bins: int = 3,
-    choices: Callable[[Sequence[Example]], tuple[list[ChoiceItem] | None, ItemMetric]] | None = None,
-    alpha: float = 0.1,
-    calib_batch_size: int = 8,
-    source: str | None = None,
+    splits: SplitOptions | None = None,
+    calibration: CalibrationConfig | None = None,
+    choices: Callable[[Sequence[Example]], ChoiceView] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     force: bool = False,
     progress: bool = True,
+    **kwargs: Any,
 ) -> PipelineResult:
     """Warm-start on the train split of ``pool``, calibrate on its calibration split, save.
 
-    Without ``n_train`` everything not in the calibration/test splits is trained on. A finished
-    stage in ``out_dir`` is reused only when its recorded request (options, base, data ids) equals
-    this one and its files are unchanged; a different one stops with the difference, unless
-    ``overwrite=True``, which redoes both stages. ``resume`` continues an interrupted warm-start;
-    ``force`` loads a reused adapter onto a base whose fingerprint differs. ``objective``,
-    ``guard``, ``folds``, ``bins``: how the strength is calibrated (:meth:`SteeredModel.calibrate`);
-    ``choices`` maps the calibration examples to their multiple-choice view and task metric
-    (e.g. :func:`svdecode.eval.choices.calibration_choices`).
+    ``splits`` (:class:`SplitOptions`): the split sizes, seed and the pool's name; without
+    ``n_train`` everything not in the calibration/test splits is trained on. ``calibration``
+    (:class:`~svdecode.calibration.config.CalibrationConfig`): how the strength is calibrated (its
+    ``alpha``, default 0.1, is the saved model's mask); keyword arguments set the fields of
+    either by name (``n_calib=64``, ``objective="nll"``; ``seed`` sets both). ``choices`` maps
+    the calibration examples to their multiple-choice view and task metric (e.g.
+    :func:`svdecode.eval.choices.calibration_choices`). A finished stage in ``out_dir`` is reused
+    only when its recorded request (options, base, data ids) equals this one and its files are
+    unchanged; a different one stops with the difference, unless ``overwrite=True``, which redoes
+    both stages. ``resume`` continues an interrupted warm-start; ``force`` loads a reused adapter
+    onto a base whose fingerprint differs.
     """
     cfg = cfg or WarmstartConfig()
     validate(cfg)
-    _check_sizes(n_train, n_calib, n_test)
-    check("seed", seed, SEED)
-    check("alpha", alpha, UNIT_INTERVAL)
-    check("calib_batch_size", calib_batch_size, POSITIVE_INT)
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    check("folds", folds, Rule("int", lo=2))
-    check("bins", bins, NONNEGATIVE_INT)
+    sp, cal = split_options(kwargs, splits or SplitOptions(), calibration or CalibrationConfig())
+    sp.validate()
+    cal = cal.replace(alpha=DEFAULT_ALPHA if cal.alpha is None else cal.alpha, progress=progress).validate()
     check_model_source(base)
-    splits = split_pool(pool, n_train, n_calib, n_test, seed)
-    if source:  # lets `svdecode eval` reload the calibration split from the manifest alone
-        splits.manifest["source"] = source
-    if not splits.train:
+    split = split_pool(pool, sp.n_train, sp.n_calib, sp.n_test, sp.seed)
+    if sp.source:  # lets `svdecode eval` reload the calibration split from the manifest alone
+        split.manifest["source"] = sp.source
+    if not split.train:
         raise WarmstartError(
             "the training split is empty: ask for n_train or leave examples outside calib/test"
         )
@@ -171,7 +162,7 @@ def run_pipeline(
     base_name = portable_base_name(base)
     with rundir.locked(out):
         finish_publish(out)
-        ws_request = warmstart_request(cfg.to_dict(), base_name, splits.train, splits.manifest)
+        ws_request = warmstart_request(cfg.to_dict(), base_name, split.train, split.manifest)
         reuse = (
             None
             if overwrite
@@ -181,7 +172,7 @@ def run_pipeline(
         if reuse is None or reuse["status"] != "complete" or partial_dir(out).exists():
             t0 = time.time()
             result = warmstart(
-                splits.train, out, cfg, base=base, manifest=splits.manifest, resume=resume,
+                split.train, out, cfg, base=base, manifest=split.manifest, resume=resume,
                 overwrite=overwrite, progress=progress,
             )  # fmt: skip
             seconds["warmstart"] = time.time() - t0
@@ -190,31 +181,29 @@ def run_pipeline(
         else:
             log.info("warm-start in %s matches this request: reusing it", out)
             info = read_info(out)
-        options = {"objective": objective, "guard": guard, "folds": folds, "bins": bins, "seed": seed}
-        if choices is not None:
-            options["choices"], options["choice_metric"] = choices(splits.calib)
-        model, calib = _calibrated(
-            out, splits, base, options, alpha, calib_batch_size, force, progress, stages, seconds
-        )
-    return PipelineResult(out, splits, model, info, stages, seconds, calib)
+        view = choices(split.calib) if choices is not None else (None, None)
+        model, calib = _calibrated(out, split, base, cal, view, force, stages, seconds)
+    return PipelineResult(out, split, model, info, stages, seconds, calib)
 
 
 def _calibrated(
-    out: Path, splits: Splits, base: str, options: dict[str, Any], alpha: float, batch_size: int, force: bool,
-    progress: bool, stages: list[str], seconds: dict[str, float],
+    out: Path, splits: Splits, base: str, cal: CalibrationConfig, view: ChoiceView, force: bool,
+    stages: list[str], seconds: dict[str, float],
 ) -> tuple[SteeredModel, CalibrationResult | None]:  # fmt: skip
     """The steered model of ``out`` (and the calibration result, when one ran): the recorded
     calibration when it was asked the same (and the warm-start was not redone), else a fresh one, saved."""
-    request = calibration_request(splits, options, alpha, rundir.adapter_digest(out))
+    request = calibration_request(splits, cal, view, rundir.adapter_digest(out))
     redo = "warmstart" in stages or not (out / CONFIG_NAME).exists()
     if not redo and rundir.check_reuse(out, "calibration", request, "calibration") is not None:
         log.info("calibration in %s matches this request: reusing it", out)
         return SteeredModel.from_pretrained(out, base=base, force=force), None
     t0 = time.time()
     peft_model = load_adapter(out, base, strict=not force)
-    model = SteeredModel.from_peft(peft_model, load_tokenizer(str(out)), alpha=alpha)
+    model = SteeredModel.from_peft(peft_model, load_tokenizer(str(out)), alpha=cal.alpha)
     model.adapter_digest = rundir.adapter_digest(out)
-    result = model.calibrate(splits.calib, batch_size=batch_size, progress=progress, **options)
+    choice_items, metric = view
+    extra = {"choice_metric": metric} if metric is not None else {}
+    result = model.calibrate(splits.calib, cal, choices=choice_items, **extra)
     model.save_pretrained(out, request=request)
     seconds["calibrate"] = time.time() - t0
     stages.append("calibrate")

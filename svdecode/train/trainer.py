@@ -238,10 +238,10 @@ def warmstart(
         else:
             trim_log(log_path, checkpoint_step(resume_ckpt))
 
-        return _train(
-            examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-            progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints,
-        )  # fmt: skip
+        run = _Prepared(
+            examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args
+        )
+        return _train(run, progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints)
 
 
 def _base_model(model, tokenizer, base: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
@@ -379,10 +379,32 @@ def _wrap_model(model, tokenizer, cfg: WarmstartConfig, part: Path, out: Path) -
     return peft_model
 
 
-def _run_trainer(examples, out, part, cfg, model, tokenizer, scan, resume_ckpt, args, *, progress, callbacks):
+@dataclass
+class _Prepared:
+    """A checked warm-start ready to train: its data, folders, base model, what it was asked, and
+    where it resumes from."""
+
+    examples: Sequence[Example]
+    out: Path
+    part: Path
+    cfg: WarmstartConfig
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    base_name: str
+    manifest: dict[str, Any] | None
+    scan: LengthScan
+    request: dict[str, Any]
+    resume_ckpt: Path | None
+    args: Any  # transformers.TrainingArguments
+
+
+def _run_trainer(run: _Prepared, *, progress, callbacks):
     """Wrap the model in the adapter and train it with the transformers Trainer (resuming from
     ``resume_ckpt`` when given); returns the trained model and what the run record needs."""
     from transformers.trainer_callback import PrinterCallback
+
+    examples, out, part, cfg, tokenizer = run.examples, run.out, run.part, run.cfg, run.tokenizer
+    model, scan, resume_ckpt, args = run.model, run.scan, run.resume_ckpt, run.args
 
     peft_model = _wrap_model(model, tokenizer, cfg, part, out)
     WarmstartTrainer, LossLog = _trainer_classes()
@@ -406,11 +428,17 @@ def _run_trainer(examples, out, part, cfg, model, tokenizer, scan, resume_ckpt, 
     return peft_model, trainer.state, output, loss_log, resumed_from, seconds
 
 
-def _record(
-    cfg, pc, base_name, request, tokenizer, examples, scan, state, output, loss_log, resumed_from,
-    *, seconds, started, params, device,
-) -> dict:  # fmt: skip
+def _record(run: _Prepared, pc, state, output, loss_log, resumed_from, *, seconds, started, params) -> dict:
     """The warm-start record (warmstart.json): what was asked, what the data and the run were."""
+    cfg, base_name, request, tokenizer, examples, scan = (
+        run.cfg,
+        run.base_name,
+        run.request,
+        run.tokenizer,
+        run.examples,
+        run.scan,
+    )
+    device = run.args.device
     trainable, total = params
     return {
         "format_version": FORMAT_VERSION,
@@ -447,23 +475,12 @@ def _record(
     }
 
 
-def _train(
-    examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args,
-    *, progress, callbacks, keep_checkpoints,
-) -> WarmstartResult:  # fmt: skip
+def _train(run: _Prepared, *, progress, callbacks, keep_checkpoints) -> WarmstartResult:
     started = time.time()
+    examples, out, part, cfg, tokenizer = run.examples, run.out, run.part, run.cfg, run.tokenizer
+    base_name, manifest, scan = run.base_name, run.manifest, run.scan
     peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
-        examples,
-        out,
-        part,
-        cfg,
-        model,
-        tokenizer,
-        scan,
-        resume_ckpt,
-        args,
-        progress=progress,
-        callbacks=callbacks,
+        run, progress=progress, callbacks=callbacks
     )
     pc = peft_model.peft_config["default"]
 
@@ -479,8 +496,8 @@ def _train(
     if not keep_checkpoints:
         shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
     info = _record(
-        cfg, pc, base_name, request, tokenizer, examples, scan, state, output, loss_log, resumed_from,
-        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(), device=args.device,
+        run, pc, state, output, loss_log, resumed_from,
+        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(),
     )  # fmt: skip
     (part / REQUEST_NAME).unlink(missing_ok=True)
     write_json(part / INFO_NAME, info)

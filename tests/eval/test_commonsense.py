@@ -33,8 +33,9 @@ def test_commonsense_generation_matches_model_paths(model):
     for spec in ms:
         # steered generation through SteeredModel; base/peft through the plain PEFT model, which
         # must give what the steered wrapper gives with method "base"/"adapted"
-        with ev.using_method(model, spec):
-            want = model.generate_text(prompts, batch_size=2, max_new_tokens=6, do_sample=False)
+        want = model.generate_text(
+            prompts, batch_size=2, max_new_tokens=6, do_sample=False, steering=spec.steerer()
+        )
         recs = res["items"][spec.name]
         assert [r["output"] for r in recs] == want
         assert [r["id"] for r in recs] == [ex.id for ex in CS_EXAMPLES]

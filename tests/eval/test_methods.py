@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -49,7 +50,7 @@ def test_build_methods_calibrates_each_variant(model):
     # beta of logit arithmetic: same calibration, logit-difference direction (as SteeredModel.calibrate)
     saved = model.steering
     try:
-        model.steering = ev.MethodSpec("x", "logit_arithmetic").steering_config(saved)
+        model.steering = dataclasses.replace(saved, method="logit_arithmetic")
         beta = model.calibrate(CALIB, progress=False).mu
     finally:
         model.steering = saved

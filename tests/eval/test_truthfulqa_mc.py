@@ -54,8 +54,7 @@ def test_mc_shared_logits_equal_per_method_score(model):
     for spec in ms:
         if spec.name not in names:
             continue
-        with ev.using_method(model, spec, scoring=True):
-            toks = model.score(prompts, answers, batch_size=5)
+        toks = model.score(prompts, answers, batch_size=5, steering=spec.steerer(scoring=True))
         expected = {own: float(t.double().sum()) for own, t in zip(owners, toks, strict=True)}
         per_method[spec.name] = expected
         for it, rec in zip(MC_ITEMS, res["items"][spec.name], strict=True):

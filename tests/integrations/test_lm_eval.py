@@ -309,7 +309,8 @@ def test_malformed_commonsense_rows_name_the_row(record, message):
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared data folder is not beside the repository")
 def test_every_shared_row_parses():
     counts = {
-        name: len(loaders.load_commonsense(name, "test", str(SHARED))["test"]) for name in loaders.COMMONSENSE
+        name: len(loaders.load_commonsense(name, "test", str(SHARED))["test"])
+        for name in loaders.COMMONSENSE_DATASETS
     }
     assert counts == {
         "boolq": 3270,
@@ -321,12 +322,19 @@ def test_every_shared_row_parses():
         "ARC-Challenge": 1172,
         "openbookqa": 500,
     }
-    # the integration may not import the harness (svdecode.data), so it keeps its own list
-    from svdecode.data.commonsense import COMMONSENSE_DATASETS
-
-    assert loaders.COMMONSENSE == COMMONSENSE_DATASETS
     tqa = loaders.load_truthfulqa_mc(str(SHARED))["validation"]
     assert len(tqa) == 817 and all(d["mc1_targets"]["labels"][0] == 1 for d in tqa)
+
+
+def test_loaders_use_the_one_definition_of_the_datasets():
+    """The lm-eval loaders and the harness read the same core definition (svdecode.benchmarks)."""
+    from svdecode import benchmarks
+    from svdecode.data import commonsense
+
+    assert loaders.COMMONSENSE_DATASETS is benchmarks.COMMONSENSE_DATASETS is commonsense.COMMONSENSE_DATASETS
+    assert commonsense.LABELS is benchmarks.LABELS
+    with pytest.raises(loaders.TaskDataError, match="known: boolq, piqa"):
+        loaders.load_commonsense("nope", "test", str(SHARED))
 
 
 # -- cross-checks -----------------------------------------------------------------------------------

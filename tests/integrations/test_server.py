@@ -32,8 +32,9 @@ from transformers import AutoModelForCausalLM
 
 from svdecode import steering
 from svdecode.integrations.server.app import ServerSettings, create_app
-from svdecode.integrations.server.engine import RowSteering, RowTracker, _held_back, combine_rows, load_model
+from svdecode.integrations.server.engine import RowTracker, _held_back, load_model
 from svdecode.model.steered_model import SteeredModel
+from svdecode.steering import BatchSteerer, Steerer, StrengthBins
 
 MU = -4.0  # the saved (calibrated) mu of the test model
 CHAT_TEMPLATE = (
@@ -138,7 +139,7 @@ def library_text(steered_dir, prompt: str, max_tokens: int, **steering_kwargs) -
     return ref.generate_text([prompt], max_new_tokens=max_tokens, do_sample=False)[0]
 
 
-def scalar_combine(a: torch.Tensor, b: torch.Tensor, r: RowSteering) -> torch.Tensor:
+def scalar_combine(a: torch.Tensor, b: torch.Tensor, r: Steerer) -> torch.Tensor:
     """One row through the core steering functions with scalar settings."""
     if r.method == "svdecode":
         return steering.steer_logits(a, b, r.mu, alpha=r.alpha, lam=r.lam)
@@ -152,33 +153,33 @@ def test_combine_rows_equals_the_scalar_combine_of_each_row():
     gen = torch.Generator().manual_seed(0)
     z_phi, z_theta = (torch.randn(6, 1, 50, generator=gen) * 3 for _ in range(2))
     rows = [
-        RowSteering("svdecode", -4.0, 0.1, float("-inf")),
-        RowSteering("svdecode", 2.5, 0.1, float("-inf")),
-        RowSteering("adapted", 0.0, 0.1, float("-inf")),
-        RowSteering("base", 0.0, 0.1, float("-inf")),
-        RowSteering("svdecode", -1.0, 0.3, None),
-        RowSteering("logit_arithmetic", 0.5, 0.1, float("-inf")),
+        Steerer("svdecode", -4.0, 0.1, float("-inf")),
+        Steerer("svdecode", 2.5, 0.1, float("-inf")),
+        Steerer("adapted", 0.0, 0.1, float("-inf")),
+        Steerer("base", 0.0, 0.1, float("-inf")),
+        Steerer("svdecode", -1.0, 0.3, None),
+        Steerer("logit_arithmetic", 0.5, 0.1, float("-inf")),
     ]
-    got = combine_rows(z_phi, z_theta, rows)
+    got = BatchSteerer(rows)(z_phi, z_theta)
     for i, r in enumerate(rows):
         want = scalar_combine(z_phi[i : i + 1], z_theta[i : i + 1], r)
         torch.testing.assert_close(got[i : i + 1], want, rtol=0, atol=1e-6)
     assert torch.isinf(got[0]).any() and torch.isfinite(got[4]).all()  # lam -inf vs the scoring mode
     same = [rows[0]] * 6
-    assert torch.equal(combine_rows(z_phi, z_theta, same), steering.steer_logits(z_phi, z_theta, -4.0))
+    assert torch.equal(BatchSteerer(same)(z_phi, z_theta), steering.steer_logits(z_phi, z_theta, -4.0))
     with pytest.raises(ValueError, match="2 row settings for a batch of 6"):
-        combine_rows(z_phi, z_theta, rows[:2])
+        BatchSteerer(rows[:2])(z_phi, z_theta)
 
 
 def test_combine_rows_applies_calibrated_binned_strengths_per_row():
     gen = torch.Generator().manual_seed(1)
     z_phi, z_theta = (torch.randn(4, 1, 50, generator=gen) * 3 for _ in range(2))
-    bins = ((-2.0,), (-3.0, 1.5))
+    bins = StrengthBins((-2.0,), (-3.0, 1.5))
     rows = [
-        RowSteering("svdecode", 0.0, 0.1, float("-inf"), bins),
-        RowSteering("svdecode", -4.0, 0.1, float("-inf")),
+        Steerer("svdecode", 0.0, 0.1, float("-inf"), bins),
+        Steerer("svdecode", -4.0, 0.1, float("-inf")),
     ] * 2
-    got = combine_rows(z_phi, z_theta, rows)
+    got = BatchSteerer(rows)(z_phi, z_theta)
     obs = torch.log_softmax(z_phi[0::2], -1).amax(-1, keepdim=True)
     mu = torch.where(obs >= -2.0, torch.tensor(1.5), torch.tensor(-3.0))
     torch.testing.assert_close(
@@ -234,6 +235,35 @@ def test_steered_plain_and_base_differ_where_they_should(client):
     assert text("svdecode", mu=0.0, alpha=0.0) == plain
     assert text("svdecode", mu=MU) == steered  # the calibrated mu is the default
     assert text("svdecode", mu=-20.0) != steered
+
+
+def test_a_request_strength_stays_in_its_request(client, model):
+    """Rows with their own mu share batches with default rows: each gets its own text, and the
+    served model's steerer is unchanged afterwards (a leaked per-request steerer would show)."""
+    own = model.steerer
+
+    def text(**extra):
+        r = client.completions.create(
+            model="svdecode", prompt=PROMPT, max_tokens=8, temperature=0, extra_body=extra
+        )
+        return r.choices[0].text
+
+    default, custom = text(), text(mu=-20.0)
+    assert default != custom
+    extras = [{"mu": -20.0} if i % 2 else {} for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        texts = list(pool.map(lambda extra: text(**extra), extras))
+    assert texts == [custom if extra else default for extra in extras]
+    assert model.steerer == own and text() == default
+
+
+def test_a_strength_fp32_cannot_steer_with_is_a_400_naming_mu(served):
+    body = {"model": "svdecode", "prompt": "x", "mu": 1e300}  # finite, but not in fp32
+    r = httpx.post(
+        served[0] + "/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mu", r.text
+    assert "magnitude at most 1e+30" in r.json()["error"]["message"]
 
 
 def test_chat_and_streaming_reassemble_to_the_non_streamed_text(client):

@@ -19,23 +19,13 @@ from typing import Any
 
 import datasets
 
+from svdecode.benchmarks import COMMONSENSE_DATASETS, COMMONSENSE_DIR
+
 DATA_ENV = "SVDECODE_DATA"
 
 # file stem of each commonsense dataset's evaluation file; PIQA and HellaSwag have only 64-item
 # samples of it here and no training file
 EVAL_FILES = {"piqa": "test_sample", "hellaswag": "test_sample"}
-# the same names as svdecode.data.commonsense.COMMONSENSE_DATASETS: integrations may not import the
-# harness; tests/integrations/test_lm_eval.py checks they agree
-COMMONSENSE = (
-    "boolq",
-    "piqa",
-    "social_i_qa",
-    "hellaswag",
-    "winogrande",
-    "ARC-Easy",
-    "ARC-Challenge",
-    "openbookqa",
-)
 
 
 class TaskDataError(ValueError):
@@ -241,8 +231,10 @@ def load_commonsense(
     """``commonsense/<dataset>/test.json`` as ``eval_split`` and ``train.json`` as ``train`` (the
     few-shot pool); PIQA and HellaSwag: ``test_sample.json`` only."""
     if dataset not in _PARSERS:
-        raise TaskDataError(f"unknown commonsense dataset {dataset!r}; known: {', '.join(COMMONSENSE)}")
-    folder = data_root(svdecode_data) / "commonsense" / dataset
+        raise TaskDataError(
+            f"unknown commonsense dataset {dataset!r}; known: {', '.join(COMMONSENSE_DATASETS)}"
+        )
+    folder = data_root(svdecode_data) / COMMONSENSE_DIR / dataset
     files = {eval_split: folder / f"{EVAL_FILES.get(dataset, 'test')}.json"}
     if dataset not in EVAL_FILES:
         files["train"] = folder / "train.json"

@@ -14,7 +14,6 @@ _EXPORTS = {
     "serve": "app",
     "ServerSettings": "app",
     "load_model": "engine",
-    "RowSteeredModel": "engine",
 }
 __all__ = sorted(_EXPORTS)
 

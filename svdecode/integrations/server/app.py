@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from svdecode.integrations.server.batcher import Batcher, QueueFullError, ShuttingDownError
-from svdecode.integrations.server.engine import Engine, GenRequest, RowSteeredModel, RowSteering, tokenizer_of
+from svdecode.integrations.server.engine import Engine, GenRequest, tokenizer_of
 from svdecode.integrations.server.errors import APIError, Guard, error_body
 from svdecode.integrations.server.responses import Reply, sse
 from svdecode.integrations.server.schemas import (
@@ -31,6 +31,8 @@ from svdecode.integrations.server.schemas import (
     CompletionRequest,
     describe_validation_error,
 )
+from svdecode.model.steered_model import SteeredModel
+from svdecode.steering import Steerer, SteeringError
 
 log = logging.getLogger("svdecode.server")
 
@@ -55,7 +57,7 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
 
 
-def context_length(model: RowSteeredModel) -> int | None:
+def context_length(model: SteeredModel) -> int | None:
     n = getattr(model.config, "max_position_embeddings", None)
     return int(n) if isinstance(n, int) and n > 0 else None
 
@@ -63,7 +65,7 @@ def context_length(model: RowSteeredModel) -> int | None:
 class OpenAIServer:
     """Request handling: validation -> :class:`GenRequest` -> batcher -> OpenAI responses."""
 
-    def __init__(self, model: RowSteeredModel, settings: ServerSettings):
+    def __init__(self, model: SteeredModel, settings: ServerSettings):
         self.model, self.settings = model, settings
         self.tokenizer = tokenizer_of(model)
         self.batcher = Batcher(
@@ -71,11 +73,11 @@ class OpenAIServer:
         )
         self.context = context_length(model)
         self.created = int(time.time())
-        s, name = model.steering, settings.model_name
+        steered, name = model.steerer, settings.model_name
         self.variants = {
-            name: RowSteering(s.method, float(s.mu), float(s.alpha), s.lam, RowSteering.bins_of(s.mu_bins)),
-            name + ADAPTER_SUFFIX: RowSteering("adapted", 0.0, float(s.alpha), s.lam),
-            name + BASE_SUFFIX: RowSteering("base", 0.0, float(s.alpha), s.lam),
+            name: steered,
+            name + ADAPTER_SUFFIX: Steerer("adapted", 0.0, steered.alpha, steered.lam),
+            name + BASE_SUFFIX: Steerer("base", 0.0, steered.alpha, steered.lam),
         }
 
     # -- plain routes --------------------------------------------------------------------------
@@ -102,7 +104,7 @@ class OpenAIServer:
         }
 
     # -- validation ----------------------------------------------------------------------------
-    def _steering(self, body: CompletionRequest | ChatCompletionRequest) -> RowSteering:
+    def _steering(self, body: CompletionRequest | ChatCompletionRequest) -> Steerer:
         variant = self.variants.get(body.model)
         if variant is None:
             names = ", ".join(self.variants)
@@ -112,7 +114,7 @@ class OpenAIServer:
                 "model",
                 "model_not_found",
             )
-        if variant.method in ("adapted", "base"):
+        if not variant.rule.strength:  # the plain adapter and the base model
             for field in ("mu", "alpha"):
                 if getattr(body, field) is not None:
                     raise APIError(
@@ -123,9 +125,11 @@ class OpenAIServer:
             return variant
         if body.mu is None and body.alpha is None:
             return variant  # the calibrated settings, confidence-binned strengths included
-        mu = variant.mu if body.mu is None else body.mu
-        alpha = variant.alpha if body.alpha is None else body.alpha
-        return RowSteering(variant.method, mu, alpha, variant.lam)
+        asked = {k: v for k, v in (("mu", body.mu), ("alpha", body.alpha)) if v is not None}
+        try:  # a request's own strength replaces the calibrated (binned) ones
+            return variant.replace(mu_bins=None, **asked)
+        except SteeringError as err:
+            raise APIError(400, str(err), err.field) from None
 
     def _max_tokens(self, body: CompletionRequest | ChatCompletionRequest, default: int) -> int:
         limit = self.settings.max_tokens
@@ -322,7 +326,7 @@ class OpenAIServer:
                 self.batcher.stats["cancelled"] += not reply.failed
 
 
-def create_app(model: RowSteeredModel, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(model: SteeredModel, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app (FastAPI behind :class:`Guard`) for ``model`` with ``settings``."""
     settings = settings or ServerSettings()
     server = OpenAIServer(model, settings)
@@ -365,9 +369,7 @@ def create_app(model: RowSteeredModel, settings: ServerSettings | None = None) -
     return app
 
 
-def serve(
-    model: RowSteeredModel, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000
-) -> None:
+def serve(model: SteeredModel, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve ``model`` until SIGTERM/SIGINT; then in-flight requests get up to
     ``settings.shutdown_timeout`` seconds to finish (uvicorn's graceful shutdown)."""
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:

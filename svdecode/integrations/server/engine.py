@@ -1,12 +1,11 @@
 """Generation for the server: rows of different requests in one ``generate()`` call.
 
-A micro-batch mixes requests: each row (one choice of one prompt) has its own steering (steered,
-plain adapter or base; mu; alpha), sampling (temperature, top_p, seed), ``max_tokens`` and stop
-strings. ``SteeredModel.generate()`` takes one setting of each for the whole batch, so three
-standard transformers hooks make them per row:
+A micro-batch mixes requests: each row (one choice of one prompt) has its own steering (a
+:class:`~svdecode.steering.Steerer`: steered, plain adapter or base; mu; alpha), sampling
+(temperature, top_p, seed), ``max_tokens`` and stop strings. ``SteeredModel.generate()`` takes one
+setting of each for the whole batch, so per-row objects make them per row:
 
-* :class:`RowSteeredModel` -- its ``combine`` step applies the core steering functions
-  (``svdecode.steering``, unchanged) to each group of rows with its own settings;
+* :class:`~svdecode.steering.BatchSteerer` -- the rows' steerers, passed to ``generate(steering=...)``;
 * :class:`RowSampler` -- a ``LogitsProcessor`` that samples each row with its own temperature,
   top-p and ``torch.Generator`` and leaves only the drawn token for the greedy step;
 * :class:`RowTracker` -- a ``StoppingCriteria`` that ends rows one by one (EOS, stop string,
@@ -18,11 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -39,71 +36,11 @@ from transformers import (
 from svdecode.model.config import CONFIG_NAME
 from svdecode.model.loading import load_peft, load_tokenizer
 from svdecode.model.steered_model import SteeredModel
+from svdecode.steering import BatchSteerer, Steerer
 
 log = logging.getLogger("svdecode.server")
 
 SEED_MASK = (1 << 63) - 1
-
-
-@dataclass(frozen=True)
-class RowSteering:
-    """How one row's logits come from the two streams (``SteeringConfig``'s decoding fields)."""
-
-    method: str
-    mu: float
-    alpha: float
-    lam: float | None
-    # calibrated confidence-binned strengths ((edges...), (mu...)), used instead of ``mu``
-    bins: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-
-    @staticmethod
-    def bins_of(mu_bins: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (tuple(mu_bins["edges"]), tuple(mu_bins["mu"])) if mu_bins else None
-
-
-def _combine(
-    z_phi: torch.Tensor, z_theta: torch.Tensor, method: str, mu: Any, alpha: float, lam: Any, bins=None
-):
-    # SteeredModel.combine's own dispatch with these settings in place of the model's, so every
-    # row gets exactly what SteeredModel computes for it.
-    mu_bins = (
-        {"observable": "log_max_p_adapted", "edges": list(bins[0]), "mu": list(bins[1])} if bins else None
-    )
-    steering = SimpleNamespace(method=method, mu=mu, alpha=alpha, lam=lam, mu_bins=mu_bins)
-    return SteeredModel.combine(SimpleNamespace(steering=steering), z_phi, z_theta)
-
-
-def combine_rows(z_phi: torch.Tensor, z_theta: torch.Tensor, rows: Sequence[RowSteering]) -> torch.Tensor:
-    """Steered logits with per-row settings: rows sharing (method, alpha, lam) go through the
-    core function together, with their mu values as a per-row tensor (fp32, the input's shape)."""
-    if len(rows) != z_phi.shape[0]:
-        raise ValueError(f"{len(rows)} row settings for a batch of {z_phi.shape[0]} rows")
-    if len(set(rows)) == 1:
-        r = rows[0]
-        return _combine(z_phi, z_theta, r.method, r.mu, r.alpha, r.lam, r.bins)
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault((r.method, r.alpha, r.lam, r.bins), []).append(i)
-    out = torch.empty(z_phi.shape, dtype=torch.float32, device=z_phi.device)
-    for (method, alpha, lam, bins), idx in groups.items():
-        sel = torch.tensor(idx, device=z_phi.device)
-        mu = torch.tensor([rows[i].mu for i in idx], dtype=torch.float32, device=z_phi.device)
-        mu = mu.view(-1, *([1] * (z_phi.dim() - 1)))  # broadcast over positions and vocabulary
-        out[sel] = _combine(z_phi[sel], z_theta[sel], method, mu, alpha, lam, bins)
-    return out
-
-
-_ACTIVE = threading.local()  # the rows of the generate() call running on this thread
-
-
-@contextmanager
-def row_steering(rows: Sequence[RowSteering]) -> Iterator[None]:
-    """Make :class:`RowSteeredModel` combine with per-row ``rows`` on this thread."""
-    _ACTIVE.rows = list(rows)
-    try:
-        yield
-    finally:
-        _ACTIVE.rows = None
 
 
 def tokenizer_of(model: SteeredModel) -> Any:
@@ -112,40 +49,22 @@ def tokenizer_of(model: SteeredModel) -> Any:
     return model.tokenizer
 
 
-class RowSteeredModel(SteeredModel):
-    """A :class:`SteeredModel` whose combine step takes per-row settings inside
-    :func:`row_steering`, and the model's own ``steering`` outside it."""
-
-    @classmethod
-    def wrap(cls, model: SteeredModel) -> RowSteeredModel:
-        """The same streams, weights, settings and tokenizer (nothing is copied but the config)."""
-        return cls(model.streams, model.steering, model.tokenizer, check=False)
-
-    def combine(self, z_phi: torch.Tensor, z_theta: torch.Tensor) -> torch.Tensor:
-        rows = getattr(_ACTIVE, "rows", None)
-        if rows is None:
-            return super().combine(z_phi, z_theta)
-        return combine_rows(z_phi, z_theta, rows)
-
-
 def load_model(
     adapter_dir: str | Path,
     base: str | None = None,
     dtype: str = "float32",
     device: str | None = None,
-) -> RowSteeredModel:
+) -> SteeredModel:
     """A saved SteeredModel directory (``steering_config.json`` + adapter) or a plain PEFT adapter
     directory (then mu = 0: the steered model only applies the confidence mask)."""
     directory = Path(adapter_dir)
     if (directory / CONFIG_NAME).is_file():
-        return RowSteeredModel.wrap(
-            SteeredModel.from_pretrained(directory, base=base, dtype=dtype, device=device)
-        )
+        return SteeredModel.from_pretrained(directory, base=base, dtype=dtype, device=device)
     peft_model = load_peft(directory, base, dtype=dtype, device=device)
     has_tok = (directory / "tokenizer_config.json").is_file()
     tok_src = str(directory) if has_tok else base or peft_model.active_peft_config.base_model_name_or_path
     log.warning("%s has no %s: serving mu = 0 (run svdecode calibrate to set it)", directory, CONFIG_NAME)
-    return RowSteeredModel.wrap(SteeredModel.from_peft(peft_model, load_tokenizer(tok_src or "default")))
+    return SteeredModel.from_peft(peft_model, load_tokenizer(tok_src or "default"))
 
 
 Event = tuple  # ("delta", index, text) | ("done", index, finish_reason, n_tokens) | ("error", message)
@@ -162,7 +81,7 @@ class GenRequest:
     temperature: float
     top_p: float
     seed: int | None
-    steering: RowSteering
+    steering: Steerer
     deadline: float  # time.monotonic() after which the request's rows stop ("timeout")
     sink: Callable[[Event], None]  # thread-safe: the engine calls it from its worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -297,7 +216,7 @@ class RowTracker(StoppingCriteria):
 class Engine:
     """Runs micro-batches of :class:`GenRequest` through one ``generate()`` call each."""
 
-    def __init__(self, model: RowSteeredModel):
+    def __init__(self, model: SteeredModel):
         self.model = model
         self.tokenizer = tokenizer_of(model)
         eos = model.generation_config.eos_token_id
@@ -351,11 +270,12 @@ class Engine:
             eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.pad_id,
         )
-        with torch.no_grad(), row_steering([row.request.steering for row in rows]):
+        with torch.no_grad():
             self.model.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 generation_config=config,
+                steering=BatchSteerer(tuple(row.request.steering for row in rows)),
                 logits_processor=LogitsProcessorList([RowSampler(rows)]),
                 stopping_criteria=StoppingCriteriaList([RowTracker(rows, self.tokenizer, self.eos_ids)]),
             )
