@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from svdecode.calibration.objectives import OBJECTIVES
-from svdecode.checks import MAX_STRENGTH, UNIT_INTERVAL, Rule, strength_problem
+from svdecode.checks import UNIT_INTERVAL, Rule
 from svdecode.errors import SvdecodeError
 from svdecode.fileio import write_json_atomic
 from svdecode.steering import RULES, Steerer, SteeringError
@@ -45,8 +45,7 @@ _REQUIRED = object()  # a field's ``migrate`` when older files must have it too
 class FieldSpec:
     """One field of ``steering_config.json``.
 
-    ``kind``: "number" (int or float, finite, within ``rule``), "strength" (a number the fp32
-    steering math can apply, :func:`svdecode.checks.check_strength`), "lam" (a finite number, -inf, or
+    ``kind``: "number" (int or float, finite, within ``rule``), "lam" (a finite number, -inf, or
     null), "str", "object" (a JSON object). ``since``: the format_version that introduced it;
     ``migrate``: its value in files older than that.
     """
@@ -65,7 +64,7 @@ class FieldSpec:
 # SUPPORTED_VERSIONS), give the field since=<the new version> and migrate=<its value in older files>
 # (a callable for a fresh dict/list); a field without a safe value for old files keeps migrate unset.
 SCHEMA: dict[str, FieldSpec] = {
-    "mu": FieldSpec("strength", "the steering strength mu_bar (eq. 14)"),
+    "mu": FieldSpec("number", "the steering strength mu_bar (eq. 14)"),
     "alpha": FieldSpec("number", "the confidence-mask threshold (eq. 12)", rule=UNIT_INTERVAL),
     "lam": FieldSpec("lam", "the value of masked tokens: -inf, a finite number, or null", nullable=True),
     "method": FieldSpec("str", "how the two distributions are combined", choices=METHODS),
@@ -112,9 +111,6 @@ def _problem(spec: FieldSpec, value: Any, from_file: bool, version: int) -> tupl
         return (None, None) if spec.nullable else ("must not be null", value)
     if spec.kind == "lam":
         return _lam_problem(value, from_file, version)
-    if spec.kind == "strength":
-        problem = strength_problem(value)
-        return (None, float(value)) if problem is None else (f"is invalid: {problem}", value)
     if spec.kind == "number":
         rule = spec.rule or Rule("float")
         if rule.accepts(value):
@@ -143,8 +139,6 @@ def _mu_bins_problem(value: dict[str, Any]) -> str | None:
     )
     if not finite or edges != sorted(edges):
         return "edges and strengths must be finite numbers, the edges increasing"
-    if any(abs(v) > MAX_STRENGTH for v in mus):
-        return f"strengths beyond what fp32 steering math can represent (|mu| <= 1e30): {mus}"
     return None
 
 

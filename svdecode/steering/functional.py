@@ -153,8 +153,8 @@ def _strength(mu: float | torch.Tensor, device: torch.device) -> torch.Tensor:
     mu_t = torch.as_tensor(mu, dtype=torch.float32, device=device)
     if not bool((mu_t.abs() <= MAX_STRENGTH).all()):  # NaN fails the comparison too
         raise ValueError(
-            f"steering strength must be finite numbers of magnitude at most {MAX_STRENGTH:g} (the largest "
-            f"whose fp32 steering step is representable), got {mu}"
+            f"steering strength must be a finite number of magnitude at most {MAX_STRENGTH:g} in every row "
+            f"(the largest whose fp32 steering step is representable), got {mu}"
         )
     return mu_t
 
