@@ -105,3 +105,15 @@ def test_a_strength_beyond_fp32_is_a_400_not_a_500(fuzzed):
         assert r.status_code == 400, r.text
         _check_openai_error(r)
         assert r.json()["error"]["param"] == "mu" and "fp32" in r.json()["error"]["message"]
+
+
+def test_a_tiny_temperature_samples_like_greedy_not_a_500(fuzzed):
+    """Found by the deep fuzz: temperature 3.8e-62 overflowed the warped logits to inf (NaN
+    probabilities, HTTP 500). It is a valid temperature; it now samples the top token."""
+    url, _ = fuzzed
+    body = {"model": "svdecode", "prompt": "Paris is", "max_tokens": 4, "seed": 1}
+    greedy = httpx.post(url + "/v1/completions", json={**body, "temperature": 0}, timeout=60)
+    for t in (3.8e-62, 5e-324, 1e-30):
+        r = httpx.post(url + "/v1/completions", json={**body, "temperature": t}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
