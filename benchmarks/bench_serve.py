@@ -14,8 +14,12 @@ requests cycle through ``--models`` (default: the steered model only). Prints p5
 generated tokens/s (from the responses' ``usage``), failures, the batched/sequential throughput
 ratio and the server's batch statistics.
 
+``--engine vllm`` serves with vLLM instead (``svdecode serve --engine vllm``, run by
+``.venv-vllm/bin/python`` unless ``--server-python`` says otherwise; scripts/setup_vllm.sh builds it).
+
 Usage: python benchmarks/bench_serve.py [--steered DIR] [--clients 50] [--max-tokens 32]
-       [--max-batch 16] [--models svdecode,svdecode:adapter,svdecode:base] [--json out.json]
+       [--max-batch 16] [--models svdecode,svdecode:adapter,svdecode:base] [--engine vllm]
+       [--json out.json]
 """
 
 from __future__ import annotations
@@ -72,12 +76,13 @@ def free_port() -> int:
 
 
 def start_server(steered: Path, port: int, args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "svdecode.cli", "serve", str(steered), "--port", str(port)]
+    python = args.server_python or (".venv-vllm/bin/python" if args.engine == "vllm" else sys.executable)
+    cmd = [python, "-m", "svdecode.cli", "serve", str(steered), "--port", str(port), "--engine", args.engine]
     cmd += ["--max-batch", str(args.max_batch), "--max-queue", str(max(128, args.clients * 2))]
     cmd += ["--max-tokens", str(max(args.max_tokens, 16)), "--request-timeout", "3600"]
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/health"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # vLLM's engine start takes 1-2 min on 2 cores
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"svdecode serve exited with {proc.returncode}; see {log_path}")
@@ -88,7 +93,7 @@ def start_server(steered: Path, port: int, args: argparse.Namespace, log_path: P
             pass
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit(f"svdecode serve did not start within 300 s; see {log_path}")
+    raise SystemExit(f"svdecode serve did not start within 600 s; see {log_path}")
 
 
 def workload(args: argparse.Namespace) -> list[list[dict[str, Any]]]:
@@ -181,6 +186,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
     p.add_argument("--models", default="svdecode", help="comma-separated model ids, used in turn")
+    p.add_argument("--engine", default="svdecode", choices=("svdecode", "vllm"), help="the server's --engine")
+    p.add_argument("--server-python", default=None, help="python that runs the server (see --engine)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args()
 
@@ -206,7 +213,7 @@ def main() -> None:
     res["setup"] = (
         f"{'given ' + str(args.steered) if args.steered else 'default model + seeded random LoRA (mu=-1)'}; "
         f"{args.clients} clients x {args.requests} request(s), max_tokens={args.max_tokens}, greedy, "
-        f"models {args.models}, server --max-batch {args.max_batch}; {os.cpu_count()} CPUs"
+        f"models {args.models}, server --engine {args.engine} --max-batch {args.max_batch}; {os.cpu_count()} CPUs"
     )
     res["ratio"] = res["concurrent"]["tokens_per_s"] / res["sequential"]["tokens_per_s"]
     report(res)

@@ -14,7 +14,7 @@ paper's estimators only (eqs. 41-46 with the probability direction).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,9 +30,10 @@ from svdecode.calibration.objectives import (
     choice_accuracy,
     choose_strength,
 )
-from svdecode.calibration.strength import DEFAULT_CAP, DIRECTION_OF, TokenStats, token_stats
+from svdecode.calibration.strength import DEFAULT_CAP, DIRECTION_OF, STATS_COLUMNS, TokenStats, token_stats
 from svdecode.fileio import short_hash
 from svdecode.model.scoring import batches, encode_pairs
+from svdecode.runs import distributed
 from svdecode.steering import ESTIMATORS, aggregate_mu, token_mu
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -80,12 +81,20 @@ def collect_stats(
     desc: str = "calibrating mu",
 ) -> tuple[TokenStats, torch.Tensor]:
     """One pass over the pairs: the answer tokens' :class:`TokenStats` (group = pair index) and
-    their KL(p_phi || p_theta)."""
+    their KL(p_phi || p_theta). Under a launcher each process scores every world_size-th batch and
+    the statistics are put together in order: the same batches, so the same numbers."""
     if len(prompts) == 0:
         raise ValueError("the calibration set is empty: give at least one (prompt, answer) pair")
     parts, kls = [], []
-    bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
-    for sl in batches(len(prompts), batch_size):
+    all_batches = list(batches(len(prompts), batch_size))
+    mine = [all_batches[i] for i in distributed.shard(len(all_batches))]
+    bar = tqdm(  # under a launcher: the main process's share
+        total=sum(sl.stop - sl.start for sl in mine),
+        desc=desc,
+        unit="ex",
+        disable=not progress or not distributed.is_main(),
+    )
+    for sl in mine:
         batch = encode_pairs(tokenizer, prompts[sl], answers[sl], max_length=max_length)
         z_phi, z_theta = streams(batch.input_ids, batch.attention_mask, logits_to_keep=batch.keep)
         sel = batch.answer_mask
@@ -98,7 +107,25 @@ def collect_stats(
         kls.append((logp.exp() * (logp - logq)).sum(-1))
         bar.update(sl.stop - sl.start)
     bar.close()
+    if distributed.active():
+        parts, kls = _gathered(parts, kls, len(all_batches))
     return TokenStats.concat(parts), torch.cat(kls)
+
+
+def _gathered(
+    parts: list[TokenStats], kls: list[torch.Tensor], n_batches: int
+) -> tuple[list[TokenStats], list[torch.Tensor]]:
+    """Every process's batches, in batch order (moved through the CPU, back onto this device)."""
+    device = kls[0].device if kls else torch.device("cpu")
+    cpu = [
+        (replace(p, **{k: getattr(p, k).cpu() for k in STATS_COLUMNS}), k.cpu())
+        for p, k in zip(parts, kls, strict=True)
+    ]
+    joined = distributed.gather_sharded(cpu, n_batches)
+    return (
+        [replace(p, **{k: getattr(p, k).to(device) for k in STATS_COLUMNS}) for p, _ in joined],
+        [k.to(device) for _, k in joined],
+    )
 
 
 def collect_choice_stats(
@@ -163,8 +190,10 @@ def calibrate_streams(
     )
     if len(group_ids) != len(prompts):
         raise ValueError(f"{len(group_ids)} ids for {len(prompts)} calibration pairs")
-    decision = choose_strength(
-        stats, group_ids, cstats, cfg.objective, cfg.guard, cfg.folds, cfg.bins, cfg.seed, cfg.trim
+    decision = distributed.on_main(  # decided once (on the main process) and handed to the others
+        lambda: choose_strength(
+            stats, group_ids, cstats, cfg.objective, cfg.guard, cfg.folds, cfg.bins, cfg.seed, cfg.trim
+        )
     )
     mu_t = stats.num / (stats.den + 1e-12)
     summary = _summary(mu_t, stats.gold_kept, kl, len(prompts), method, alpha, cfg.trim)

@@ -117,6 +117,7 @@ class TokenStats:
 
 _ENTRY_COLUMNS = ("lp", "d", "row")
 _TOKEN_COLUMNS = ("rest", "lp_gold", "d_gold", "group", "observable", "num", "den", "gold_kept")
+STATS_COLUMNS = _ENTRY_COLUMNS + _TOKEN_COLUMNS  # every tensor of a TokenStats
 
 
 def token_stats(

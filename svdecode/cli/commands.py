@@ -111,7 +111,7 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task, sample
     from svdecode.eval.choices import calibration_choices
     from svdecode.model.config import SteeringConfig
-    from svdecode.runs import rundir
+    from svdecode.runs import distributed, rundir
 
     check_model_sources(ns)
     examples = sample(
@@ -128,7 +128,11 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     request = _calibration_request(ns, examples, cal, choices, metric)
     with rundir.locked(out):
-        if rundir.reusable_for_adapter(out, request["adapter_sha256"], "calibration", request, ns.overwrite):
+        if distributed.on_main(
+            lambda: rundir.reusable_for_adapter(
+                out, request["adapter_sha256"], "calibration", request, ns.overwrite
+            )
+        ):
             cfg = SteeringConfig.load(out)
             print(calibration_report(cfg.mu, cfg.objective, cfg.calibration))
             print(f"reused: {out} holds this calibration already (pass --overwrite to compute it again)")
@@ -194,7 +198,7 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
 
 def cmd_warmstart(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
-    from svdecode.train import warmstart, warmstart_config_from_args
+    from svdecode.train import trainer_args_from_args, warmstart, warmstart_config_from_args
     from svdecode.train.pipeline import split_pool
 
     cfg = warmstart_config_from_args(ns)
@@ -210,6 +214,7 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
         manifest=splits.manifest,
         resume=ns.resume,
         overwrite=ns.overwrite,
+        trainer_args=trainer_args_from_args(ns),
     )
     print(
         f"warm-started {result.method} on {result.num_examples} examples: {result.steps} steps in "
@@ -221,7 +226,7 @@ def cmd_warmstart(ns: argparse.Namespace) -> int:
 def cmd_run(ns: argparse.Namespace) -> int:
     from svdecode.data import load_task
     from svdecode.eval.choices import calibration_choices
-    from svdecode.train import warmstart_config_from_args
+    from svdecode.train import trainer_args_from_args, warmstart_config_from_args
     from svdecode.train.pipeline import SplitOptions, run_pipeline
 
     cfg = warmstart_config_from_args(ns)
@@ -238,6 +243,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         resume=ns.resume,
         overwrite=ns.overwrite,
         force=ns.force,
+        trainer_args=trainer_args_from_args(ns),
     )
     st = res.model.steering
     ran = ", ".join(res.stages_run) or "nothing (both stages were asked the same before and are reused)"

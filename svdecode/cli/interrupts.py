@@ -8,6 +8,7 @@ Harness module: imported by :mod:`svdecode.cli` only.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
 from collections.abc import Iterator, Sequence
@@ -91,7 +92,25 @@ def resume_command(argv: Sequence[str], needs_resume: bool) -> str:
     args = list(argv)
     if needs_resume and "--resume" not in args:
         args.append("--resume")
-    return shlex.join(["svdecode", *args])
+    return shlex.join([*launcher(), *args])
+
+
+def launcher() -> list[str]:
+    """How this command was started: ``svdecode``, or the same number of processes under
+    ``torchrun`` (rendezvous flags of a multi-node launch are the user's own, not repeated here)."""
+    from svdecode.runs import distributed
+
+    if not distributed.active():
+        return ["svdecode"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or distributed.world_size())
+    nodes = distributed.world_size() // max(per_node, 1)
+    return [
+        "torchrun",
+        *([f"--nnodes={nodes}"] if nodes > 1 else []),
+        f"--nproc_per_node={per_node}",
+        "-m",
+        "svdecode.cli",
+    ]
 
 
 def interrupted_line(command: str, out: str | None, argv: Sequence[str], err: BaseException) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,7 @@ from svdecode.cli.options import (
     number_type,
 )
 from svdecode.errors import SvdecodeError
+from svdecode.runs import distributed
 
 __all__ = [
     "DTYPE_NAMES",
@@ -255,17 +257,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 level=logging.INFO if ns.verbose else logging.WARNING,
                 format="%(levelname)s %(name)s: %(message)s",
             )
-            logging.getLogger("svdecode").setLevel(logging.INFO)
+            if distributed.is_main():
+                logging.getLogger("svdecode").setLevel(logging.INFO)
+            else:  # under a launcher the main process reports; the others only warn
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
             return ns.func(ns)
     except KeyboardInterrupt as err:
         _end_progress_bars()
-        if ns is None:
+        if not distributed.is_main():  # under a launcher the main process says it, once
+            pass
+        elif ns is None:
             print("svdecode: interrupted before the command started; nothing was written", file=sys.stderr)
         else:
             print(interrupted_line(ns.command, getattr(ns, "out", None), argv, err), file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     except (SvdecodeError, ValueError, OSError) as err:  # the library's errors name the input
         _end_progress_bars()
+        if isinstance(err, distributed.MainProcessFailed):  # the main process printed why
+            return 2
         message = " ".join(str(err).split())
-        print(f"svdecode {ns.command}: error: {message}", file=sys.stderr)
+        who = f" (process {distributed.rank()})" if not distributed.is_main() else ""
+        print(f"svdecode {ns.command}{who}: error: {message}", file=sys.stderr)
         return 2

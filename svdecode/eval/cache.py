@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,34 @@ def cache_path(cache_dir: Path | None, task: str, name: str, suffix: str = "") -
     if cache_dir is None:
         return None
     return Path(cache_dir) / task / f"{slug(name)}{suffix}.jsonl"
+
+
+RANK_PREFIX = ".rank"
+
+
+def rank_cache_dir(cache_dir: Path, rank: int) -> Path:
+    """Where process ``rank`` (> 0) of a launched evaluation keeps its per-item records."""
+    return Path(cache_dir) / f"{RANK_PREFIX}{rank}"
+
+
+def merge_rank_caches(cache_dir: Path) -> int:
+    """Move the records of every process's cache (:func:`rank_cache_dir`, also those an
+    interrupted launch left) into the run's caches of the same fingerprint; returns how many."""
+    moved = 0
+    for src in sorted(Path(cache_dir).glob(f"{RANK_PREFIX}*")):
+        for path in sorted(src.rglob("*.jsonl")):
+            meta = path.with_name(path.name + ".meta.json")
+            if not meta.is_file():
+                continue
+            fingerprint = json.loads(meta.read_text())
+            target_path = Path(cache_dir) / path.relative_to(src)
+            target_meta = target_path.with_name(target_path.name + ".meta.json")
+            if target_meta.is_file() and json.loads(target_meta.read_text()) != fingerprint:
+                continue  # left by a launch with other settings: stale, never replaces the run's cache
+            target = ItemCache(target_path, fingerprint)
+            for rec in ItemCache(path, fingerprint).records.values():
+                if rec["id"] not in target:
+                    target.add(rec)
+                    moved += 1
+        shutil.rmtree(src)
+    return moved

@@ -24,6 +24,7 @@ from svdecode.eval.methods import MethodSet, MethodSpec
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.truthfulqa_mc import mc_prompt
 from svdecode.fileio import short_hash, write_json_atomic
+from svdecode.runs import distributed
 
 log = logging.getLogger("svdecode")
 
@@ -142,7 +143,7 @@ def mu_curve(
         "stats_bytes_per_token": cs.stats.nbytes / max(len(cs.stats), 1),
         "stats_capped_tokens": cs.stats.n_capped,
     }
-    if path is not None:
+    if path is not None and distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, out)
     return out

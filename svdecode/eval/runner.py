@@ -22,6 +22,7 @@ from svdecode.calibration.objectives import (
 )
 from svdecode.checks import UNIT_INTERVAL, check
 from svdecode.errors import InputError
+from svdecode.eval.cache import merge_rank_caches, rank_cache_dir
 from svdecode.eval.compare import paired_comparisons
 from svdecode.eval.curves import mu_curve
 from svdecode.eval.judges import Judge
@@ -39,7 +40,7 @@ from svdecode.eval.report import results_markdown
 from svdecode.eval.strengths import model_fingerprint
 from svdecode.eval.tasks import get_task
 from svdecode.fileio import jsonable, read_json_file, short_hash, slug, write_json_atomic, write_text_atomic
-from svdecode.runs import rundir
+from svdecode.runs import distributed, rundir
 from svdecode.versions import HARNESS_DEPENDENCIES, dependency_versions
 
 log = logging.getLogger("svdecode")
@@ -118,9 +119,7 @@ def run_eval(
     }
     request = _eval_request(config, task_items, calib, methods)
     with rundir.locked(out):
-        _claim_eval_dir(out, request, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        rundir.record_stage(out, "evaluation", request, [], status="running")
+        distributed.on_main(lambda: _start_eval_dir(out, request, overwrite))
         results: dict[str, Any] = {
             "schema": SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -131,28 +130,62 @@ def run_eval(
         }
         for name, items in task_items.items():
             mset = _task_methods(name, model, items, methods, calib, opts, cal, cache_dir)
-            results["tasks"][name] = _task_results(name, model, items, mset, judge, opts, out)
-        write_results(results, out)
-        rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
+            res = _task_results(name, model, items, mset, judge, opts, out)
+            if distributed.is_main():  # the others scored their share; the main process reports
+                results["tasks"][name] = res
+        return distributed.on_main(lambda: _finish_eval(results, out, request))
+
+
+def _start_eval_dir(out: Path, request: Mapping[str, Any], overwrite: bool) -> None:
+    _claim_eval_dir(out, request, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.record_stage(out, "evaluation", request, [], status="running")
+
+
+def _finish_eval(results: dict[str, Any], out: Path, request: Mapping[str, Any]) -> dict[str, Any]:
+    write_results(results, out)
+    rundir.record_stage(out, "evaluation", request, ["results.json", "results.md", "token_mu"])
     return results
 
 
 def _task_results(name, model, items, mset: MethodSet, judge, opts: EvalOptions, out: Path) -> dict[str, Any]:
     """One task evaluated: every method's results, its strength curve, records and comparisons."""
     family = get_task(name)
-    res = family.evaluate(model, items, list(mset), judge, opts, out / "cache")
+    res = _evaluate_shared(family, model, items, list(mset), judge, opts, out / "cache")
     if opts.mu_curves and family.curve:
         res["mu_curve"] = mu_curve(
             model, name, items, mset, mc_prompt_style=opts.mc_prompt_style, batch_size=opts.batch_size,
             max_length=opts.max_length, cache_dir=out / "cache", progress=opts.progress, n_boot=opts.n_boot,
             seed=opts.seed,
         )  # fmt: skip
+    if not distributed.is_main():
+        return res
     res["methods"] = _method_records(name, mset, out)
     res["paired"] = paired_comparisons(
         name, res["items"], _comparison_pairs(res, mset, opts.reference), n_boot=opts.n_boot, seed=opts.seed
     )
     res["n_items"] = len(items)
     return res
+
+
+def _evaluate_shared(
+    family, model, items, specs, judge, opts: EvalOptions, cache_dir: Path
+) -> dict[str, Any]:
+    """``family.evaluate``; under a launcher each process scores every world_size-th item into its
+    own per-item caches (the main process into the run's), the main process merges them and
+    reports from the merged caches (no model pass left), and hands the result to the others."""
+    if not distributed.active():
+        return family.evaluate(model, items, specs, judge, opts, cache_dir)
+    mine = [items[i] for i in distributed.shard(len(items))]
+    own = cache_dir if distributed.is_main() else rank_cache_dir(cache_dir, distributed.rank())
+    family.evaluate(model, mine, specs, judge, opts, own)
+    distributed.barrier()
+
+    def report() -> dict[str, Any]:
+        merge_rank_caches(cache_dir)
+        return family.evaluate(model, items, specs, judge, opts, cache_dir)
+
+    return distributed.on_main(report)
 
 
 def _eval_config(model, tasks: Sequence[str], opts: EvalOptions, cal: CalibrationConfig) -> dict:

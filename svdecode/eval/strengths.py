@@ -25,6 +25,7 @@ from svdecode.calibration.objectives import (
 from svdecode.calibration.strength import DIRECTION_OF, TokenStats, nll, search_grid
 from svdecode.fileio import jsonable, short_hash, slug, write_json_atomic
 from svdecode.model.scoring import split_pairs
+from svdecode.runs import distributed
 from svdecode.steering import ESTIMATORS
 
 log = logging.getLogger("svdecode")
@@ -109,7 +110,7 @@ class Calibrator:
                 return self.memo[key]
         stats, token_mu = self._calibrate(method, alpha)
         stats = jsonable({**stats, "key": key, "calib_pairs_sha": self.data_hash})
-        if json_path is not None:
+        if json_path is not None and distributed.is_main():
             json_path.parent.mkdir(parents=True, exist_ok=True)
             with npy_path.open("wb") as fh:
                 np.save(fh, token_mu)

@@ -50,7 +50,7 @@ from svdecode.model.streams import (
     take_cache,
     warn_if_untested,
 )
-from svdecode.runs import rundir
+from svdecode.runs import distributed, rundir
 from svdecode.steering import Steerer
 
 log = logging.getLogger("svdecode")
@@ -226,20 +226,23 @@ class SteeredModel(PreTrainedModel, GenerationMixin):
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise InputError(f"output directory {str(directory)!r} is a file, not a directory")
-        with rundir.locked(directory):
-            write_adapter = self._claim(directory, overwrite)
-            directory.mkdir(parents=True, exist_ok=True)
-            written = self._write_weights(directory, write_adapter)
-            self.steering.library_version = _version()
-            path = self.steering.save(directory)
-            settings = {
-                k: getattr(self.steering, k) for k in ("alpha", "lam", "method", "objective", "mu_bins")
-            }
-            rundir.record_stage(
-                directory, "calibration", request or {"settings": settings}, [CONFIG_NAME, *written]
-            )
-            self.adapter_digest = rundir.adapter_digest(directory)
+        with rundir.locked(directory):  # under a launcher the main process writes, for all of them
+            path, self.adapter_digest = distributed.on_main(lambda: self._save(directory, overwrite, request))
         return path
+
+    def _save(
+        self, directory: Path, overwrite: bool, request: Mapping[str, Any] | None
+    ) -> tuple[Path, str | None]:
+        write_adapter = self._claim(directory, overwrite)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = self._write_weights(directory, write_adapter)
+        self.steering.library_version = _version()
+        path = self.steering.save(directory)
+        settings = {k: getattr(self.steering, k) for k in ("alpha", "lam", "method", "objective", "mu_bins")}
+        rundir.record_stage(
+            directory, "calibration", request or {"settings": settings}, [CONFIG_NAME, *written]
+        )
+        return path, rundir.adapter_digest(directory)
 
     def _claim(self, directory: Path, overwrite: bool) -> bool:
         """Whether the adapter must be written into ``directory`` (:func:`rundir.claim`)."""

@@ -37,6 +37,7 @@ from typing import Any
 
 from svdecode.errors import InputError, SvdecodeError
 from svdecode.fileio import jsonable, write_json_atomic
+from svdecode.runs import distributed
 
 log = logging.getLogger("svdecode")
 
@@ -442,7 +443,8 @@ def _acquire(directory: Path, path: Path) -> int:
 
 @contextlib.contextmanager
 def locked(directory: str | Path) -> Iterator[Path]:
-    """Hold the directory's write lock for the block (re-entrant within this process)."""
+    """Hold the directory's write lock for the block (re-entrant within this process; under a
+    launcher, held by the main process for all of them)."""
     path = lock_path(directory)
     key = str(path)
     if key in _held:
@@ -452,13 +454,18 @@ def locked(directory: str | Path) -> Iterator[Path]:
         finally:
             _held[key][1] -= 1
         return
-    fd = _acquire(Path(directory), path)
+    # Under a launcher only the main process takes the lock (the others are the same run); its
+    # refusal reaches them all. The others hold a placeholder so nesting stays in step.
+    fd = distributed.on_main(lambda: _acquire(Path(directory), path))
+    if not distributed.is_main():
+        fd = -1
     _held[key] = [fd, 1]
     try:
         yield path
     finally:
         del _held[key]
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                path.unlink()
-        os.close(fd)
+        if fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    path.unlink()
+            os.close(fd)

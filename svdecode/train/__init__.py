@@ -25,7 +25,7 @@ its parser without them. Nothing in the core imports this package.
 
 from svdecode.model.fingerprint import base_fingerprint
 from svdecode.train.adapters import load_adapter
-from svdecode.train.args import add_warmstart_args, warmstart_config_from_args
+from svdecode.train.args import add_warmstart_args, trainer_args_from_args, warmstart_config_from_args
 from svdecode.train.checkpoints import (
     INFO_NAME,
     LOG_NAME,
@@ -74,5 +74,6 @@ __all__ = [
     "read_info",
     "validate",
     "warmstart",
+    "trainer_args_from_args",
     "warmstart_config_from_args",
 ]

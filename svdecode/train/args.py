@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from svdecode.train.config import (
     METHODS,
@@ -83,6 +83,7 @@ def add_warmstart_args(parser: argparse.ArgumentParser, run_flags: bool = True) 
         help="do not append EOS",
     )
     _add_method_flags(g.add_argument)
+    _add_parallel_flags(parser)
     if run_flags:
         a("--resume", action="store_true", help="continue an interrupted warm-start from its last checkpoint")
         a(
@@ -90,6 +91,27 @@ def add_warmstart_args(parser: argparse.ArgumentParser, run_flags: bool = True) 
             action="store_true",
             help="redo every stage, replacing what the output directory holds (or an interrupted warm-start)",
         )
+
+
+def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
+    """transformers Trainer options for sharded training on several GPUs, passed through as they are
+    (docs/scaling.md); plain data parallelism needs none: start the command with torchrun."""
+    g = parser.add_argument_group(
+        "multi-GPU training (under torchrun / accelerate launch; see docs/scaling.md)"
+    )
+    g.add_argument(
+        "--fsdp", dest="trainer_fsdp", default=None, help='Trainer fsdp, e.g. "full_shard auto_wrap"'
+    )
+    g.add_argument(
+        "--fsdp-config", dest="trainer_fsdp_config", default=None, help="Trainer fsdp_config (JSON file)"
+    )
+    g.add_argument("--deepspeed", dest="trainer_deepspeed", default=None, help="DeepSpeed config (JSON file)")
+
+
+def trainer_args_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """The TrainingArguments the parallel flags ask for (only those given)."""
+    names = ("fsdp", "fsdp_config", "deepspeed")
+    return {n: getattr(ns, "trainer_" + n) for n in names if getattr(ns, "trainer_" + n, None) is not None}
 
 
 def _add_method_flags(a) -> None:

@@ -60,6 +60,8 @@ PARTIAL_SUFFIX = ".partial"
 
 # Options that may change between an interrupted run and its resumption.
 RESUME_FREE_OPTIONS = {"logging_steps", "save_steps", "save_total_limit"}
+# May change on resumption as long as the examples per step stay the same (another process count).
+BATCH_OPTIONS = {"batch_size", "grad_accum"}
 
 
 def partial_dir(out_dir: str | Path) -> Path:
@@ -218,8 +220,9 @@ def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module)
     diffs = [
         f"{k}: {old['config'].get(k)!r} -> {v!r}"
         for k, v in request["config"].items()
-        if k not in RESUME_FREE_OPTIONS and old.get("config", {}).get(k) != v
+        if k not in RESUME_FREE_OPTIONS | BATCH_OPTIONS and old.get("config", {}).get(k) != v
     ]
+    _check_effective_batch(part, old, request)
     if diffs:
         raise WarmstartError(
             f"cannot resume {part}: the interrupted run used other options ({'; '.join(diffs)}); use the same "
@@ -239,6 +242,33 @@ def check_resumable(part: Path, request: dict[str, Any], model: torch.nn.Module)
     if not same_model_name(old.get("base"), request["base"]):
         log.warning("resuming a run started on base %r with base %r", old.get("base"), request["base"])
     compare_fingerprints(old.get("base_fingerprint") or {}, model, f"the interrupted run in {part}")
+
+
+def effective_batch(request: dict[str, Any]) -> tuple[int, str]:
+    """Examples per optimizer step of a run (per-device batch x processes x accumulation), and how."""
+    cfg = request.get("config", {})
+    b, p, a = cfg.get("batch_size", 1), request.get("processes", 1), cfg.get("grad_accum", 1)
+    return b * p * a, f"{b} per device x {p} process(es) x {a} accumulation step(s)"
+
+
+def _check_effective_batch(part: Path, old: dict[str, Any], request: dict[str, Any]) -> None:
+    """A run resumes on another number of processes only with the same examples per step: the
+    Trainer's checkpoint counts optimizer steps (the learning-rate schedule, the batches to skip
+    in the data order), so another effective batch would change what the steps mean."""
+    (before, how_before), (now, how_now) = effective_batch(old), effective_batch(request)
+    if before != now:
+        raise WarmstartError(
+            f"cannot resume {part}: it trained with an effective batch of {before} ({how_before}), this "
+            f"launch gives {now} ({how_now}); launch {old.get('processes', 1)} process(es) with the same "
+            "options, or choose --train-batch-size / --grad-accum so that per-device batch x processes x "
+            f"accumulation = {before}; or pass --overwrite instead of --resume to start over"
+        )
+    if old.get("processes", 1) != request.get("processes", 1):
+        log.warning(
+            "resuming %s on %d process(es) (it ran on %d): same effective batch %d; the random state of "
+            "processes the checkpoint has no file for starts from the seed",
+            part, request.get("processes", 1), old.get("processes", 1), now,
+        )  # fmt: skip
 
 
 def publish(part: Path, out: Path) -> None:

@@ -32,7 +32,7 @@ from svdecode.errors import InputError
 from svdecode.model.config import CONFIG_NAME
 from svdecode.model.loading import load_tokenizer, portable_base_name
 from svdecode.model.steered_model import SteeredModel
-from svdecode.runs import rundir
+from svdecode.runs import distributed, rundir
 from svdecode.train.adapters import load_adapter
 from svdecode.train.checkpoints import (
     REUSE_IGNORED,
@@ -143,10 +143,13 @@ def run_pipeline(
     only when its recorded request (options, base, data ids) equals this one and its files are
     unchanged; a different one stops with the difference, unless ``overwrite=True``, which redoes
     both stages. ``resume`` continues an interrupted warm-start; ``force`` loads a reused adapter
-    onto a base whose fingerprint differs.
+    onto a base whose fingerprint differs. ``trainer_args=`` (keyword): more TrainingArguments for
+    the warm-start (FSDP, DeepSpeed). Under a launcher every process runs this: the warm-start trains
+    data-parallel, calibration scores a share of the items on each.
     """
     cfg = cfg or WarmstartConfig()
     validate(cfg)
+    trainer_args = kwargs.pop("trainer_args", None)
     sp, cal = split_options(kwargs, splits or SplitOptions(), calibration or CalibrationConfig())
     sp.validate()
     cal = cal.replace(alpha=DEFAULT_ALPHA if cal.alpha is None else cal.alpha, progress=progress).validate()
@@ -161,19 +164,23 @@ def run_pipeline(
     out = Path(out_dir)
     base_name = portable_base_name(base)
     with rundir.locked(out):
-        finish_publish(out)
         ws_request = warmstart_request(cfg.to_dict(), base_name, split.train, split.manifest)
-        reuse = (
-            None
-            if overwrite
-            else rundir.check_reuse(out, "warmstart", ws_request, "warm-start", REUSE_IGNORED)
-        )
+
+        def reusable() -> dict[str, Any] | None:
+            finish_publish(out)
+            return (
+                None
+                if overwrite
+                else rundir.check_reuse(out, "warmstart", ws_request, "warm-start", REUSE_IGNORED)
+            )
+
+        reuse = distributed.on_main(reusable)
         stages, seconds = [], {}
         if reuse is None or reuse["status"] != "complete" or partial_dir(out).exists():
             t0 = time.time()
             result = warmstart(
                 split.train, out, cfg, base=base, manifest=split.manifest, resume=resume,
-                overwrite=overwrite, progress=progress,
+                overwrite=overwrite, progress=progress, trainer_args=trainer_args,
             )  # fmt: skip
             seconds["warmstart"] = time.time() - t0
             stages.append("warmstart")
@@ -194,7 +201,9 @@ def _calibrated(
     calibration when it was asked the same (and the warm-start was not redone), else a fresh one, saved."""
     request = calibration_request(splits, cal, view, rundir.adapter_digest(out))
     redo = "warmstart" in stages or not (out / CONFIG_NAME).exists()
-    if not redo and rundir.check_reuse(out, "calibration", request, "calibration") is not None:
+    if not redo and distributed.on_main(
+        lambda: rundir.check_reuse(out, "calibration", request, "calibration")
+    ):
         log.info("calibration in %s matches this request: reusing it", out)
         return SteeredModel.from_pretrained(out, base=base, force=force), None
     t0 = time.time()

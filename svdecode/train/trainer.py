@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svdecode.model.fingerprint import base_fingerprint
-from svdecode.runs import rundir
+from svdecode.runs import distributed, rundir
 from svdecode.train.base_checks import model_name
 from svdecode.train.checkpoints import (
     CHECKPOINT_DIR,
@@ -156,7 +156,7 @@ def _planned_steps(cfg: WarmstartConfig, n: int) -> int | None:
         return cfg.max_steps
     if cfg.fraction is None:
         return None
-    per_epoch = max(math.ceil(math.ceil(n / cfg.batch_size) / cfg.grad_accum), 1)
+    per_epoch = max(math.ceil(math.ceil(n / (cfg.batch_size * distributed.world_size())) / cfg.grad_accum), 1)
     return max(1, math.ceil(cfg.fraction * cfg.epochs * per_epoch))
 
 
@@ -173,7 +173,7 @@ def warmstart(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
-    keep_checkpoints: bool = False,
+    trainer_args: dict[str, Any] | None = None,
 ) -> WarmstartResult:
     """Warm-start a PEFT adapter on ``examples`` and write it to ``out_dir`` (see the module doc).
 
@@ -185,7 +185,13 @@ def warmstart(
     ``resume``: continue an interrupted run from the last checkpoint in ``<out>.partial``
     (without one, start afresh); ``overwrite``: replace a finished ``out_dir``, or discard an
     interrupted run (either is refused without it). ``out_dir`` is locked while the run writes.
-    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects. ``trainer_args``: more
+    ``transformers.TrainingArguments`` (e.g. ``{"fsdp": "full_shard", "fsdp_config": PATH}`` or
+    ``{"deepspeed": PATH}``), passed through as they are.
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; the Trainer trains with
+    data parallelism (per-device batch ``cfg.batch_size`` on each process), and only the main
+    process checks and writes the directory (:mod:`svdecode.runs.distributed`).
 
     Every check runs before training and before any directory is created; failures raise
     :class:`WarmstartError` (or :class:`AdapterMismatchError`) saying what to change.
@@ -201,16 +207,11 @@ def warmstart(
             f"examples must be svdecode.data.Example objects (id, prompt, answer), got {type(examples[0]).__name__}"
         )
     out = Path(out_dir)
+    part = partial_dir(out)
     with rundir.locked(out):
-        finish_publish(out)
         known_base = base if base is not None else (None if model is not None else "default")
-        check_out_dir(out, overwrite, warmstart_request(cfg.to_dict(), known_base, examples, manifest))
-        part = partial_dir(out)
-        if part.exists() and not resume and not overwrite:
-            raise WarmstartError(
-                f"an interrupted warm-start is in {part} ({partial_summary(part)}); continue it with "
-                "resume=True (--resume), or pass overwrite=True (--overwrite) to discard it and start over"
-            )
+        request_now = warmstart_request(cfg.to_dict(), known_base, examples, manifest)
+        distributed.on_main(lambda: _check_dirs(out, part, resume, overwrite, request_now))
         model, tokenizer, base_name = _base_model(model, tokenizer, base)
         check_model(cfg, model, tokenizer)
         scan = _scan_or_refuse(examples, tokenizer, cfg, model)
@@ -222,26 +223,43 @@ def warmstart(
             "tokenizer_size": len(tokenizer),
             "num_examples": len(examples),
             "data_sha256": data_fingerprint(examples),
+            "processes": distributed.world_size(),
         }
-        resume_ckpt = _resume_point(part, resume, request, model)
-        args = _training_args(cfg, part, len(scan.kept), progress)
-
-        # ---- from here on the run writes to disk ----
-        if part.exists() and resume_ckpt is None:
-            log.warning("warm-start: removing the interrupted run in %s (%s)", part, partial_summary(part))
-            shutil.rmtree(part)
-        part.mkdir(parents=True, exist_ok=True)
-        log_path = part / LOG_NAME
-        if resume_ckpt is None:
-            write_json(part / REQUEST_NAME, request)
-            log_path.write_text("")
-        else:
-            trim_log(log_path, checkpoint_step(resume_ckpt))
-
+        resume_ckpt = distributed.on_main(lambda: _resume_point(part, resume, request, model))
+        args = _training_args(cfg, part, len(scan.kept), progress, trainer_args)
+        # ---- from here on the run writes to disk (the main process only) ----
+        distributed.on_main(lambda: _start_partial(part, resume_ckpt, request))
         run = _Prepared(
             examples, out, part, cfg, model, tokenizer, base_name, manifest, scan, request, resume_ckpt, args
         )
-        return _train(run, progress=progress, callbacks=callbacks, keep_checkpoints=keep_checkpoints)
+        return _train(run, progress=progress, callbacks=callbacks)
+
+
+def _check_dirs(out: Path, part: Path, resume: bool, overwrite: bool, request: dict[str, Any]) -> None:
+    """Before any model loads: finish a half-done publish, refuse what ``out`` must not replace
+    (naming how a finished warm-start's ``request`` differs)."""
+    finish_publish(out)
+    check_out_dir(out, overwrite, request)
+    if part.exists() and not resume and not overwrite:
+        raise WarmstartError(
+            f"an interrupted warm-start is in {part} ({partial_summary(part)}); continue it with "
+            "resume=True (--resume), or pass overwrite=True (--overwrite) to discard it and start over"
+        )
+
+
+def _start_partial(part: Path, resume_ckpt: Path | None, request: dict[str, Any]) -> None:
+    """The partial directory training writes into: fresh (with the request), or the resumed one
+    with its log cut back to the checkpoint."""
+    if part.exists() and resume_ckpt is None:
+        log.warning("warm-start: removing the interrupted run in %s (%s)", part, partial_summary(part))
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    log_path = part / LOG_NAME
+    if resume_ckpt is None:
+        write_json(part / REQUEST_NAME, request)
+        log_path.write_text("")
+    else:
+        trim_log(log_path, checkpoint_step(resume_ckpt))
 
 
 def _base_model(model, tokenizer, base: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
@@ -319,44 +337,50 @@ def _resume_point(part: Path, resume: bool, request: dict[str, Any], model) -> P
     return resume_ckpt
 
 
-def _training_args(cfg: WarmstartConfig, part: Path, num_examples: int, progress: bool):
-    """The Trainer's arguments (built before anything is written: bad values fail early)."""
+def _training_args(
+    cfg: WarmstartConfig, part: Path, num_examples: int, progress: bool, extra: dict[str, Any] | None = None
+):
+    """The Trainer's arguments (built before anything is written: bad values fail early);
+    ``extra``: more TrainingArguments (FSDP, DeepSpeed), which take precedence."""
     import torch
     from transformers import TrainingArguments
 
     precision = precision_of(cfg)
     cuda = torch.cuda.is_available()
     max_steps = _planned_steps(cfg, num_examples)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(part / CHECKPOINT_DIR),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        report_to="none",
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,
+        ddp_find_unused_parameters=False,  # every trainable (adapter) parameter takes part in the loss
+    )
+    kwargs.update(extra or {})
     try:
-        return TrainingArguments(
-            output_dir=str(part / CHECKPOINT_DIR),
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr,
-            num_train_epochs=cfg.epochs,
-            max_steps=max_steps if max_steps is not None else -1,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            logging_strategy="steps",
-            logging_steps=cfg.logging_steps,
-            logging_first_step=True,
-            save_strategy="steps",
-            save_steps=cfg.save_steps,
-            save_total_limit=cfg.save_total_limit,
-            seed=cfg.seed,
-            fp16=precision == "fp16",
-            bf16=precision == "bf16",
-            report_to="none",
-            disable_tqdm=not progress,
-            remove_unused_columns=False,
-            label_names=["labels"],
-            dataloader_num_workers=0,
-            dataloader_pin_memory=cuda,
-            use_cpu=not cuda,
-        )
-    except ValueError as err:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:
         raise WarmstartError(f"the training options are not accepted by transformers: {err}") from err
 
 
@@ -367,8 +391,8 @@ def _wrap_model(model, tokenizer, cfg: WarmstartConfig, part: Path, out: Path) -
 
     pcfg = peft_config(cfg)
     text_init = cfg.method == "prompt_tuning" and cfg.prompt_init == "text"
-    if text_init:
-        tokenizer.save_pretrained(part)  # peft loads the init tokenizer by path
+    if text_init:  # peft loads the init tokenizer by path
+        distributed.on_main(lambda: tokenizer.save_pretrained(part))
         pcfg.tokenizer_name_or_path = str(part)
     set_seed(cfg.seed)
     peft_model = get_peft_model(model, pcfg)
@@ -438,7 +462,6 @@ def _record(run: _Prepared, pc, state, output, loss_log, resumed_from, *, second
         run.examples,
         run.scan,
     )
-    device = run.args.device
     trainable, total = params
     return {
         "format_version": FORMAT_VERSION,
@@ -468,47 +491,65 @@ def _record(run: _Prepared, pc, state, output, loss_log, resumed_from, *, second
         "trainable_params": int(trainable),
         "total_params": int(total),
         "precision": precision_of(cfg),
-        "device": str(device),
+        "device": str(run.args.device),
+        "processes": int(run.args.world_size),
+        # examples per optimizer step: per-device batch x processes x gradient accumulation
+        "effective_batch_size": int(cfg.batch_size * run.args.world_size * cfg.grad_accum),
+        "parallelism": _parallelism(run.args),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": dependency_versions(),
         "command": " ".join(sys.argv),
     }
 
 
-def _train(run: _Prepared, *, progress, callbacks, keep_checkpoints) -> WarmstartResult:
-    started = time.time()
-    examples, out, part, cfg, tokenizer = run.examples, run.out, run.part, run.cfg, run.tokenizer
-    base_name, manifest, scan = run.base_name, run.manifest, run.scan
-    peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
-        run, progress=progress, callbacks=callbacks
-    )
-    pc = peft_model.peft_config["default"]
-
-    # ---- write the finished run into the partial dir, then rename it into place ----
-    # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
-    # It is set only now: during training peft's checkpoint saves would look that name up on the
-    # hub to see whether the vocabulary changed; embeddings are never trained here.
-    pc.base_model_name_or_path = base_name
+def _write_run(run: _Prepared, peft_model, info: dict) -> dict:
+    """Write the finished run into the partial directory, record it, then rename it into place."""
+    part, tokenizer, manifest = run.part, run.tokenizer, run.manifest
     peft_model.save_pretrained(str(part), save_embedding_layers=False)
     tokenizer.save_pretrained(str(part))
     if manifest is not None:
         write_json(part / MANIFEST_NAME, manifest)
-    if not keep_checkpoints:
-        shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
-    info = _record(
-        run, pc, state, output, loss_log, resumed_from,
-        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(),
-    )  # fmt: skip
+    shutil.rmtree(part / CHECKPOINT_DIR, ignore_errors=True)
     (part / REQUEST_NAME).unlink(missing_ok=True)
     write_json(part / INFO_NAME, info)
     rundir.record_stage(
         part,
         "warmstart",
-        warmstart_request(info["config"], base_name, examples, manifest),
+        warmstart_request(info["config"], run.base_name, run.examples, manifest),
         [p.name for p in part.iterdir() if p.name != CHECKPOINT_DIR and not p.name.startswith(".")],
         extra={"base_fingerprint": info["base_fingerprint"], "tokenizer_size": len(tokenizer)},
     )
-    publish(part, out)
+    publish(part, run.out)
+    return info
+
+
+def _parallelism(args) -> str:
+    """How the Trainer split the work: "single", "ddp", "fsdp" or "deepspeed"."""
+    if getattr(args, "deepspeed", None):
+        return "deepspeed"
+    if getattr(args, "fsdp", None):
+        return "fsdp"
+    return "ddp" if args.world_size > 1 else "single"
+
+
+def _train(run: _Prepared, *, progress, callbacks) -> WarmstartResult:
+    started = time.time()
+    out, cfg, base_name, scan = run.out, run.cfg, run.base_name, run.scan
+    peft_model, state, output, loss_log, resumed_from, seconds = _run_trainer(
+        run, progress=progress, callbacks=callbacks
+    )
+    pc = peft_model.peft_config["default"]
+    # The adapter records the base by the name given (e.g. "default"), not by a local cache path.
+    # It is set only now: during training peft's checkpoint saves would look that name up on the
+    # hub to see whether the vocabulary changed; embeddings are never trained here.
+    pc.base_model_name_or_path = base_name
+    info = _record(
+        run, pc, state, output, loss_log, resumed_from,
+        seconds=seconds, started=started, params=peft_model.get_nb_trainable_parameters(),
+    )  # fmt: skip
+    info = distributed.on_main(  # the main process's record (its loss log) on every process
+        lambda: _write_run(run, peft_model, info)
+    )
     log.info(
         "warm-start: %s adapter written to %s (%d steps, %.1fs)", cfg.method, out, state.global_step, seconds
     )

@@ -65,10 +65,12 @@ def context_length(model: SteeredModel) -> int | None:
 class OpenAIServer:
     """Request handling: validation -> :class:`GenRequest` -> batcher -> OpenAI responses."""
 
-    def __init__(self, model: SteeredModel, settings: ServerSettings):
+    def __init__(self, model: SteeredModel, settings: ServerSettings, batcher: Any = None):
         self.model, self.settings = model, settings
         self.tokenizer = tokenizer_of(model)
-        self.batcher = Batcher(
+        # Another engine (svdecode.integrations.vllm.serve) brings its own runner with the
+        # Batcher interface: start, submit, queued, running, stats, stop.
+        self.batcher = batcher or Batcher(
             Engine(model), settings.max_batch, settings.max_queue, settings.batch_wait_ms / 1e3
         )
         self.context = context_length(model)
@@ -326,10 +328,11 @@ class OpenAIServer:
                 self.batcher.stats["cancelled"] += not reply.failed
 
 
-def create_app(model: SteeredModel, settings: ServerSettings | None = None) -> FastAPI:
-    """The ASGI app (FastAPI behind :class:`Guard`) for ``model`` with ``settings``."""
+def create_app(model: SteeredModel, settings: ServerSettings | None = None, batcher: Any = None) -> FastAPI:
+    """The ASGI app (FastAPI behind :class:`Guard`) for ``model`` with ``settings`` (``batcher``:
+    another engine's request runner in place of the default micro-batcher)."""
     settings = settings or ServerSettings()
-    server = OpenAIServer(model, settings)
+    server = OpenAIServer(model, settings, batcher)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -369,13 +372,19 @@ def create_app(model: SteeredModel, settings: ServerSettings | None = None) -> F
     return app
 
 
-def serve(model: SteeredModel, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    model: SteeredModel,
+    settings: ServerSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batcher: Any = None,
+) -> None:
     """Serve ``model`` until SIGTERM/SIGINT; then in-flight requests get up to
     ``settings.shutdown_timeout`` seconds to finish (uvicorn's graceful shutdown)."""
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who reaches this port can use the model", host)
     config = uvicorn.Config(
-        create_app(model, settings),
+        create_app(model, settings, batcher),
         host=host,
         port=port,
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),

@@ -37,6 +37,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     from svdecode.model.loading import DTYPE_NAMES
 
     p.add_argument("adapter_dir", help="a steered model directory (svdecode calibrate/run) or a PEFT adapter")
+    p.add_argument(
+        "--engine",
+        default="svdecode",
+        choices=("svdecode", "vllm"),
+        help="svdecode (default: transformers, micro-batches) or vllm (continuous batching; needs "
+        ".venv-vllm from scripts/setup_vllm.sh)",
+    )
     m = p.add_argument_group("model")
     m.add_argument("--base", default=None, help="base model (default: the one the adapter records)")
     m.add_argument("--dtype", default="float32", type=str.lower, choices=DTYPE_NAMES)
@@ -58,6 +65,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         default="svdecode",
         help="model id of the steered model; NAME:adapter and NAME:base are the others",
     )
+    v = p.add_argument_group("vllm engine")
+    v.add_argument("--max-model-len", type=_positive(int), default=2048, help="tokens of prompt + output")
+    v.add_argument("--kv-cache-mib", type=_positive(int), default=1024, help="KV cache of both streams")
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     n.add_argument("--port", type=_checked(checks.Rule("int", lo=1, hi=65535)), default=8000)
@@ -93,10 +103,14 @@ def run_serve(ns: argparse.Namespace) -> int:
         raise SystemExit(
             f"svdecode serve needs the 'serve' extra: pip install 'svdecode[serve]' ({err})"
         ) from err
-    from svdecode.integrations.server.engine import load_model
+    batcher = None
+    if ns.engine == "vllm":
+        model, batcher = _vllm(ns)
+    else:
+        from svdecode.integrations.server.engine import load_model
 
-    model = load_model(ns.adapter_dir, base=ns.base, dtype=ns.dtype, device=ns.device)
-    model.steering.override(mu=ns.mu, alpha=ns.alpha)
+        model = load_model(ns.adapter_dir, base=ns.base, dtype=ns.dtype, device=ns.device)
+        model.steering.override(mu=ns.mu, alpha=ns.alpha)
     settings = ServerSettings(
         model_name=ns.model_name,
         max_batch=ns.max_batch,
@@ -109,5 +123,20 @@ def run_serve(ns: argparse.Namespace) -> int:
         api_key=ns.api_key or os.environ.get(API_KEY_ENV) or None,
         shutdown_timeout=ns.shutdown_timeout,
     )
-    serve(model, settings, ns.host, ns.port)
+    serve(model, settings, ns.host, ns.port, batcher)
     return 0
+
+
+def _vllm(ns: argparse.Namespace):
+    try:
+        from svdecode.integrations.vllm.serve import build
+    except ImportError as err:
+        raise SystemExit(
+            f"--engine vllm needs vLLM: build .venv-vllm with scripts/setup_vllm.sh and run its svdecode ({err})"
+        ) from err
+    if ns.device not in (None, "cpu", "cuda"):
+        raise SystemExit("--engine vllm places the model itself: --device takes cpu or cuda only")
+    dtype = "float32" if ns.dtype == "auto" else ns.dtype
+    return build(
+        ns.adapter_dir, ns.base, ns.mu, ns.alpha, ns.max_batch, ns.max_queue, ns.max_model_len, ns.kv_cache_mib, dtype
+    )
