@@ -64,6 +64,37 @@ UNIT_INTERVAL = Rule("float", lo=0, hi=1)
 FINITE_FLOAT = Rule("float")
 
 
+# The largest |strength| the fp32 steering step represents. Every rule multiplies the strength by a
+# direction bounded by the logits' spread S (the larger max - min of the two rows) and log V:
+# |r_y| <= S + log V, KL <= max |r|, so |delta_y| = p_y |r_y - KL| <= 2 (S + log V), and the
+# logit-arithmetic (r) and probability-space (r + 1) directions are smaller still. With
+# |mu| <= 1e30, mu * direction stays below fp32's largest value (3.4e38) for any S < 1.7e8:
+# language-model logits lie within about +-1e3 (half-precision ones within +-65504), so no real
+# row overflows, and every strength a calibration can fit (it searches |mu| <= 1e4) is allowed.
+MAX_STRENGTH = 1e30
+
+
+def strength_problem(value: Any, name: str = "mu") -> str | None:
+    """Why ``value`` cannot be a steering strength (None when it can): a real number (no bool) of
+    magnitude at most :data:`MAX_STRENGTH`, what the fp32 steering step can represent (1e39 and
+    1e300 are finite, but not there)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not abs(value) <= MAX_STRENGTH:
+        return (
+            f"{name} must be a finite number of magnitude at most {MAX_STRENGTH:g} (the largest strength "
+            f"whose fp32 steering step is representable), got {value!r}"
+        )
+    return None
+
+
+def check_strength(value: Any, name: str = "mu") -> float:
+    """``value`` as a float if it is a strength the fp32 steering math can apply, else
+    :class:`InputError` naming ``name`` (the flag, field or argument)."""
+    problem = strength_problem(value, name)
+    if problem:
+        raise InputError(problem)
+    return float(value)
+
+
 def check(name: str, value: Any, rule: Rule, *, optional: bool = False) -> Any:
     """Return ``value`` if ``rule`` accepts it (or it is None and ``optional``), else raise."""
     if value is None and optional:

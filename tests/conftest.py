@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from peft import (
     IA3Config,
     LoraConfig,
@@ -19,6 +20,16 @@ from peft import (
 )
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+# Property tests and fuzzing (test_fuzz_*.py): CI's default run is small and reproducible; `deep`
+# (scripts/fuzz.sh) tries many more examples. HYPOTHESIS_PROFILE picks one; FUZZ_EXAMPLES overrides.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=_QUIET
+)
+settings.register_profile("deep", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None,
+                          suppress_health_check=_QUIET)  # fmt: skip
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread
 # hand-offs cost milliseconds per operation.

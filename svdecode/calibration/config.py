@@ -20,11 +20,12 @@ from svdecode.calibration.objectives import (
     DEFAULT_FOLDS,
     DEFAULT_OBJECTIVE,
     DEFAULT_TRIM,
+    MAX_BINS,
     ChoiceItem,
     ItemMetric,
 )
 from svdecode.calibration.strength import DEFAULT_CAP
-from svdecode.checks import NONNEGATIVE_INT, POSITIVE_INT, SEED, UNIT_INTERVAL, Rule, check
+from svdecode.checks import POSITIVE_INT, SEED, UNIT_INTERVAL, Rule, check
 from svdecode.errors import InputError
 from svdecode.fileio import short_hash
 
@@ -65,7 +66,7 @@ class CalibrationConfig:
         if self.objective not in CHOOSABLE:
             raise InputError(f"unknown objective {self.objective!r}; choose one of {', '.join(CHOOSABLE)}")
         check("folds", self.folds, Rule("int", lo=2))
-        check("bins", self.bins, NONNEGATIVE_INT)
+        check("bins", self.bins, Rule("int", lo=0, hi=MAX_BINS))  # more is a typo (and minutes of fits)
         check("seed", self.seed, SEED)
         check("trim", self.trim, Rule("float", lo=0, hi=0.5, hi_open=True))
         check("alpha", self.alpha, UNIT_INTERVAL, optional=True)

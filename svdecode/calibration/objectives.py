@@ -19,6 +19,7 @@ Pure tensors and numbers, no model code.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from svdecode.calibration.strength import (
+    MU_LIMIT,
     TokenStats,
     group_scores,
     maximise,
@@ -47,6 +49,19 @@ APPLIED = (*OBJECTIVES, BINNED, OFF)  # what an artifact's "objective" may say w
 DEFAULT_FOLDS = 5  # the cross-validation folds of the selection and the guard
 DEFAULT_BINS = 3  # confidence bins of the binned strength (0 or 1: off)
 DEFAULT_TRIM = 0.1  # the trimmed mean's trimmed fraction
+# Confidence bins: at most MAX_BINS (more is a typo, and each bin costs a fit per CV fold), and
+# each needs MIN_TOKENS_PER_BIN answer tokens on average, else fewer bins are fitted (a bin of a
+# handful of tokens is fitted to noise, often at the search bound).
+MAX_BINS = 64
+MIN_TOKENS_PER_BIN = 16
+
+log = logging.getLogger("svdecode")
+
+
+def at_bound(mu: float) -> bool:
+    """A strength at the search bound |mu| = MU_LIMIT: the loss still fell there, the fit is
+    unbounded (the data cannot pin a strength down), so it is never applied."""
+    return abs(mu) >= MU_LIMIT
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ Pure tensors and numbers, no model code.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -36,14 +37,16 @@ from svdecode.calibration.objectives import (
     DEFAULT_BINS,
     DEFAULT_FOLDS,
     DEFAULT_TRIM,
+    MIN_TOKENS_PER_BIN,
     OBJECTIVES,
     OFF,
     SELECT,
     ChoiceStats,
+    at_bound,
     confidence_edges,
     fit_all,
 )
-from svdecode.calibration.strength import TokenStats, binned_mu, fit_binned, token_logprob
+from svdecode.calibration.strength import MU_LIMIT, TokenStats, binned_mu, fit_binned, token_logprob
 
 CANDIDATES = (*OBJECTIVES, BINNED)
 # A candidate's score is its cross-validated gain minus this many standard errors, chosen from the
@@ -54,6 +57,14 @@ SE_PENALTY = 1.0
 GATE_SE = 1.0
 
 Strength = float | list[float]  # a scalar strength, or one per confidence bin
+
+log = logging.getLogger("svdecode")
+
+
+def unbounded(mu: Strength | None) -> bool:
+    """A fit at the search bound (any bin of it): the loss still fell there, so the data do not
+    determine a strength, and it is never applied (nor selected)."""
+    return mu is not None and any(at_bound(m) for m in (mu if isinstance(mu, list) else [mu]))
 
 
 def fold_of(ids: Sequence[str], k: int, seed: int) -> dict[str, int]:
@@ -170,8 +181,10 @@ class FoldFits:
         return g[~self._in(outer)]
 
     def select(self, names: Sequence[str], outer: frozenset[int] = frozenset()) -> str:
-        """:func:`pick` on cross-validation inside the folds not in ``outer``."""
-        return pick({name: self.held_out(name, outer) for name in names})
+        """:func:`pick` on cross-validation inside the folds not in ``outer``, among the candidates
+        whose fit without ``outer`` is bounded (an unbounded one would not be applied)."""
+        fits = self.fits(outer)
+        return pick({n: self.held_out(n, outer) for n in names if n in fits and not unbounded(fits[n])})
 
     def nested(self, names: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Per-item gains of the select-then-apply procedure: for each outer fold, the selection
@@ -226,11 +239,8 @@ def choose_strength(
     if objective in ("task", "choice") and choices is None:
         raise ValueError(f"objective {objective!r} needs multiple-choice calibration items (choices=...)")
     estimates = fit_all(stats, choices, None, trim)
-    edges = confidence_edges(stats, bins) if bins > 1 else None
-    bin_info = None
-    if edges is not None:
-        bin_mu = [m.mu for m in fit_binned(stats, edges)]
-        bin_info = {"observable": "log_max_p_adapted", "edges": edges, "mu": bin_mu, "applied": False}
+    bin_info = _binned(stats, bins)
+    edges = bin_info["edges"] if bin_info is not None and not unbounded(bin_info["mu"]) else None
     n_items = len(set(group_ids) | ({c.id for c in choices.items} if choices else set()))
     k = min(folds, n_items)
     ff = FoldFits(stats, group_ids, choices, k, seed, edges, trim) if k >= 2 else None
@@ -248,7 +258,8 @@ def choose_strength(
         mu = bin_info["mu"] if name == BINNED else estimates[name]
         table[name] = {"mu": mu, "cv_gain": gain, "se": se, "score": score, "fold_mu": fold_mu}
     if objective == SELECT:
-        chosen = ff.select(names) if guard else max(names, key=lambda n: table[n]["score"])
+        bounded = [n for n in names if not unbounded(table[n]["mu"])]
+        chosen = ff.select(names) if guard else max(bounded, key=lambda n: table[n]["score"], default=OFF)
         nested, picks = ff.nested(names)
         what = f"nested held-out gain of the selection (outer folds picked {', '.join(picks)})"
     else:
@@ -285,8 +296,19 @@ def _decision(
     reason: str,
     passes: bool = False,
 ) -> StrengthChoice:
-    """Apply ``chosen``'s ``fitted`` strength if the guard is off or the procedure passed."""
-    if not guard:
+    """Apply ``chosen``'s ``fitted`` strength if the guard is off or the procedure passed -- never
+    a fit at the search bound."""
+    if chosen != OFF and unbounded(fitted):
+        shown = fitted if isinstance(fitted, list) else f"{fitted:.4g}"
+        decision = {
+            "enabled": guard,
+            "passed": False,
+            "unbounded": True,
+            "reason": f"the {chosen} fit ran to the search bound (mu = {shown}, |mu| = {MU_LIMIT:g}): the "
+            "loss still falls there, so the data do not determine a strength; not applied",
+        }
+        log.warning("calibration: %s", decision["reason"])
+    elif not guard:
         decision = {
             "enabled": False,
             "passed": None,
@@ -302,3 +324,34 @@ def _decision(
     # binned strengths replace mu where applied; the scalar NLL fit is their single-bin form
     mu = (estimates["nll"] if chosen == BINNED else float(fitted)) if on else 0.0
     return StrengthChoice(mu, chosen if on else OFF, estimates, decision, bin_info, selection)
+
+
+def _binned(stats: TokenStats, bins: int) -> dict[str, Any] | None:
+    """Strengths per confidence bin fitted on everything (the ``binned`` candidate): fewer bins
+    than asked when the tokens do not fill them (None below 2), and a note when a bin's fit is
+    unbounded (then it is no candidate)."""
+    if bins < 2:
+        return None
+    used = min(bins, len(stats) // MIN_TOKENS_PER_BIN)
+    if used < 2:
+        log.warning(
+            "calibration: no confidence bins: %d answer tokens, %d per bin needed",
+            len(stats),
+            MIN_TOKENS_PER_BIN,
+        )
+        return None
+    edges = confidence_edges(stats, used)
+    fits = [m.mu for m in fit_binned(stats, edges)]
+    out: dict[str, Any] = {"observable": "log_max_p_adapted", "edges": edges, "mu": fits, "applied": False}
+    if used < bins:
+        out["note"] = (
+            f"{used} bins of the {bins} asked: {len(stats)} answer tokens, {MIN_TOKENS_PER_BIN} per bin"
+        )
+        log.warning("calibration: %s", out["note"])
+    if unbounded(fits):
+        out["note"] = (
+            f"bin strengths at the search bound |mu| = {MU_LIMIT:g} (unbounded fits: the loss of those bins' "
+            "tokens still falls there, so they do not determine a strength); not applied"
+        )
+        log.warning("calibration: confidence-binned strengths %s: %s", fits, out["note"])
+    return out

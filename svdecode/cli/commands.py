@@ -76,6 +76,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
         torch.manual_seed(ns.seed)
     s = model.steering
+    _note_calibrated(ns)
     print(f"# method={s.method} mu={s.mu:.4g} alpha={s.alpha} lam={s.lam}", file=sys.stderr)
     texts = model.generate_text(
         prompts, batch_size=ns.batch_size, progress=True, truncate=ns.truncate, **kwargs
@@ -86,6 +87,24 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         else:
             print(text)
     return 0
+
+
+def _note_calibrated(ns: argparse.Namespace) -> None:
+    """--adapter DIR decodes with the plain adapter (mu = 0 unless --mu) even when DIR holds a
+    calibration: say which strength is used and how to get the other."""
+    from svdecode.model.config import CONFIG_NAME, ConfigError, SteeringConfig
+
+    if not ns.adapter or ns.mu is not None or not (Path(ns.adapter) / CONFIG_NAME).is_file():
+        return
+    try:
+        calibrated = f"mu={SteeringConfig.load(ns.adapter).mu:.4g}"
+    except ConfigError:
+        calibrated = "a calibrated strength"
+    log.warning(
+        "note: --adapter %s decodes with mu = 0 (the plain adapter); its %s holds %s: pass --steered %s to "
+        "use it, or --mu to set one",
+        ns.adapter, CONFIG_NAME, calibrated, ns.adapter,
+    )  # fmt: skip
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
@@ -181,13 +200,16 @@ def calibration_report(mu: float, objective: str, st: dict[str, Any]) -> str:
             f"  decision: chosen {sel['chosen']}; nested gain {sel['nested_gain']:+.4g} ± {sel['nested_se']:.3g}; "
             f"applied: {sel.get('applied', sel['chosen'])}"
         )
-    if guard.get("passed") is False:
+    if guard.get("unbounded"):
+        lines.append(f"steering off: {guard.get('reason')}")
+    elif guard.get("passed") is False:
         lines.append(f"steering off: calibration found no gain ({guard.get('reason')})")
     elif guard.get("enabled"):
         lines.append(f"guard passed: {guard.get('reason')}")
     bins = st.get("bins")
     if bins:
         kept = "applied" if bins.get("applied") else "not applied (not the chosen candidate)"
+        kept += f"; {bins['note']}" if bins.get("note") else ""
         lines.append(f"confidence-binned strengths [{', '.join(f'{m:.3g}' for m in bins['mu'])}]: {kept}")
     return "\n".join(lines)
 
@@ -270,9 +292,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     for name in ns.tasks:
         data[name], calib[name] = TASKS[name].cli_data(ns)
     judge = OpenAIJudge(ns.judge_url, ns.judge_model) if ns.judge_url else None
-    options = EvalOptions(
-        tuple(method_names), seed=ns.seed, batch_size=ns.batch_size, max_new_tokens=ns.max_new_tokens,
-        mc_prompt_style=ns.mc_prompt, mu_curves=not ns.no_mu_curve,
+    options = EvalOptions(  # limit: recorded (the data above is sampled already; sampling again keeps it)
+        tuple(method_names), seed=ns.seed, limit=ns.limit, batch_size=ns.batch_size,
+        max_new_tokens=ns.max_new_tokens, mc_prompt_style=ns.mc_prompt, mu_curves=not ns.no_mu_curve,
     )  # fmt: skip
     with rundir.locked(ns.out):  # a second writer is stopped before the model loads
         results = run_eval(
@@ -294,7 +316,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_report(ns: argparse.Namespace) -> int:
     from svdecode.eval.report import render_report
 
-    path = render_report(ns.results, ns.out, labels=ns.labels.split(",") if ns.labels else None)
+    labels = ns.labels.split(",") if ns.labels else None
+    path = render_report(ns.results, ns.out, labels=labels, overwrite=ns.overwrite)
     print(f"report: {path}")
     return 0
 

@@ -67,6 +67,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True, overwrite: bool = False) ->
     caches); ``overwrite`` redoes every stage (see docs/run_directories.md)."""
     cfg.validate()
     out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"--out {str(out)!r} is a file, not a directory; give a directory for the demo's runs"
+        )
     check_eval_dir(out / "eval", overwrite)
     with rundir.locked(out):
         return _run_demo(cfg, out, progress, overwrite)
@@ -123,7 +127,8 @@ def _run_demo(cfg: DemoConfig, out: Path, progress: bool, overwrite: bool) -> Pa
         overwrite=overwrite,
     )
     timings["evaluate"] = time.time() - t1
-    report = render_report([out / "eval" / "results.json"], out / "report")
+    # the demo's own report folder: re-rendered from its current results (a redone evaluation too)
+    report = render_report([out / "eval" / "results.json"], out / "report", overwrite=True)
     timings["total"] = time.time() - t0
     print((out / "eval" / "results.md").read_text())
     print("timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))

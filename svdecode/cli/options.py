@@ -25,6 +25,18 @@ def number_type(rule: checks.Rule):
     return parse
 
 
+def strength_type(text: str) -> float:
+    """An argparse type for a steering strength (:func:`svdecode.checks.check_strength`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    try:
+        return checks.check_strength(value, "mu")
+    except checks.InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 POS_INT = number_type(checks.POSITIVE_INT)
 NONNEG_INT = number_type(checks.NONNEGATIVE_INT)
 SEED = number_type(checks.SEED)
@@ -37,7 +49,10 @@ def _lam(text: str) -> float | str:
     """``-inf`` (paper), a float, or ``keep`` (scoring mode: masked tokens keep z_phi)."""
     if text.lower() in (KEEP, "none"):
         return KEEP
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan  # refused below with the same message
     if math.isnan(value) or value == math.inf:
         raise argparse.ArgumentTypeError(f"lam must be -inf, a finite number or 'keep', got {text}")
     return value
@@ -87,7 +102,7 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
     st = p.add_argument_group("steering")
     st.add_argument(
         "--mu",
-        type=number_type(checks.FINITE_FLOAT),
+        type=strength_type,
         default=None,
         help="steering strength (default: the calibrated one)",
     )
@@ -107,7 +122,12 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
 
 def check_model_sources(ns: argparse.Namespace) -> None:
     """--steered / --adapter must be folders, --base an existing folder or a hub id: checked
-    before anything loads."""
+    before anything loads; never both (one of them would be ignored)."""
+    if getattr(ns, "steered", None) and getattr(ns, "adapter", None):
+        raise checks.InputError(
+            f"give --steered {ns.steered} (the adapter with its calibrated steering) or --adapter {ns.adapter} "
+            "(the plain adapter), not both: a steered directory carries its own adapter"
+        )
     if getattr(ns, "steered", None):
         checks.existing_dir(ns.steered, "--steered")
     if getattr(ns, "adapter", None):
@@ -173,7 +193,13 @@ def read_prompt_file(path: str | None) -> list[str]:
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """How the strength is calibrated (svdecode.calibration.selection): objective, guard, folds, bins."""
-    from svdecode.calibration.objectives import CHOOSABLE, DEFAULT_BINS, DEFAULT_FOLDS, DEFAULT_OBJECTIVE
+    from svdecode.calibration.objectives import (
+        CHOOSABLE,
+        DEFAULT_BINS,
+        DEFAULT_FOLDS,
+        DEFAULT_OBJECTIVE,
+        MAX_BINS,
+    )
 
     c = p.add_argument_group("calibration of the strength")
     c.add_argument(
@@ -196,7 +222,7 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--confidence-bins",
-        type=NONNEG_INT,
+        type=number_type(checks.Rule("int", lo=0, hi=MAX_BINS)),
         default=DEFAULT_BINS,
         help="also fit one strength per bin of the adapted model's confidence (kept only if "
         "cross-validation prefers it); 0 or 1: off",

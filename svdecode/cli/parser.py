@@ -115,6 +115,7 @@ def _add_output_parsers(sub) -> None:
     rp.add_argument("results", nargs="+")
     rp.add_argument("--out", required=True)
     rp.add_argument("--labels", default=None, help="comma-separated run labels")
+    rp.add_argument("--overwrite", action="store_true", help="replace a report of other results in --out")
     rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser(

@@ -55,9 +55,23 @@ def infer_format(path: Path, fmt: str | None) -> str:
     if suffix in (".csv", ".tsv"):
         return suffix[1:]
     if suffix == ".json":  # a .json file holding one object per line is common: look at it
-        with _open(path) as f:
-            head = f.read(4096).lstrip()
-        return "jsonl" if head.startswith("{") else "json"
+        try:
+            with _open(path) as f:
+                text = f.read().lstrip()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e})") from e
+        if not text.startswith("{"):
+            return "json"
+        try:
+            _, end = json.JSONDecoder().raw_decode(text)
+        except json.JSONDecodeError:
+            return "jsonl"  # its lines are read (and reported) one by one
+        if not text[end:].strip():  # one object and nothing else: not rows, whatever its shape
+            raise DataError(
+                f"{path}: holds a single JSON object, not rows; a .json data file is a list of objects "
+                "([{...}, {...}]) or one object per line (JSONL; name it .jsonl to read a single row)"
+            )
+        return "jsonl"
     raise DataError(f"{path}: cannot tell the format from the name; pass fmt= (json, jsonl, csv, tsv)")
 
 
@@ -150,7 +164,9 @@ def collect(
             good.append(item)
     if bad and not skip_bad_rows:
         shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise DataError(f"{source}: {len(bad)} bad row(s): {shown} (skip_bad_rows=True leaves them out)")
+        raise DataError(
+            f"{source}: {len(bad)} bad row(s): {shown} (pass --skip-bad-rows (skip_bad_rows=True) to leave them out)"
+        )
     if not good:
         why = f"all {len(bad)} row(s) are bad, e.g. {bad[0]}" if bad else "it holds no rows"
         raise DataError(f"{source}: no usable examples: {why}")

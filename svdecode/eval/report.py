@@ -36,6 +36,7 @@ from svdecode.eval.tables import (
     task_title,
 )
 from svdecode.fileio import read_json_file, slug, write_text_atomic
+from svdecode.runs import rundir
 
 # whose calibration mu*_t get a histogram (the main one and the unmasked ablation)
 HISTOGRAM_METHODS = ("peft+svdecode", "no_mask")
@@ -338,21 +339,70 @@ def _across_runs(runs: Sequence[Mapping[str, Any]], labels: Sequence[str], out: 
 
 
 def render_report(
-    results_json_paths: Sequence[str | Path], out_dir: str | Path, labels: Sequence[str] | None = None
+    results_json_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    labels: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``report.md`` and PNG plots into ``out_dir`` from one or more ``results.json`` files
-    (or folders holding one); returns the Markdown path."""
+    (or folders holding one); returns the Markdown path.
 
+    ``out_dir`` is claimed like every run directory (docs/run_directories.md): locked while it is
+    written, its "report" stage recorded in the manifest with the results' hashes and labels; a
+    report of other results is refused unless ``overwrite`` (which removes the old report's files
+    first), so two reports never mix in one folder."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file, not a directory; give a directory for the report")
     runs = [_load(p) for p in results_json_paths]
     if not runs:
         raise ValueError("no results given")
-    out.mkdir(parents=True, exist_ok=True)
     labels = (
         list(labels)
         if labels is not None
         else [f"run{i + 1}" if len(runs) > 1 else "run" for i in range(len(runs))]
     )
+    request = {"results": [_results_id(p) for p in results_json_paths], "labels": labels}
+    with rundir.locked(out):
+        _claim_report_dir(out, request, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        md = _report_markdown(runs, labels, out)
+        path = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+        plots = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", "\n".join(md))
+        rundir.record_stage(out, "report", request, ["report.md", *dict.fromkeys(plots)])
+    return path
+
+
+def _results_id(path: str | Path) -> dict[str, str]:
+    p = Path(path)
+    f = p / "results.json" if p.is_dir() else p
+    return {"path": str(f.resolve()), "sha256": rundir.sha256_file(f)}
+
+
+def _claim_report_dir(out: Path, request: Mapping[str, Any], overwrite: bool) -> None:
+    """Refuse a folder holding another report, or files svdecode did not record (a report of an
+    older svdecode, the user's own), unless ``overwrite`` (another report's files are removed)."""
+    if not out.is_dir():
+        return
+    foreign = rundir.foreign_entries(out)
+    if foreign:
+        raise rundir.RunDirError(
+            f"{out} holds files svdecode did not record ({', '.join(foreign[:5])}); a report written there "
+            "would mix with them: choose another output directory (--out), or move them away"
+        )
+    entry = rundir.stage_entry(out, "report")
+    if entry is None:
+        return
+    diff = rundir.diff_requests(entry["request"], request)
+    if diff and not overwrite:
+        raise rundir.RunDirError(
+            f"{out} holds a report of other results ({rundir.summarize(diff)}); {rundir.OVERWRITE_HINT}"
+        )
+    for name in entry["outputs"]:  # the old report's files, so that none is left beside the new one
+        (out / name).unlink(missing_ok=True)
+
+
+def _report_markdown(runs: list[tuple[Mapping[str, Any], Path]], labels: list[str], out: Path) -> list[str]:
     md: list[str] = ["# svdecode report", ""]
     for (run, run_dir), label in zip(runs, labels, strict=True):
         if len(runs) > 1:
@@ -362,4 +412,4 @@ def render_report(
         md += _run_plots(run, run_dir, label, out)
     if len(runs) > 1:
         md += _across_runs([run for run, _ in runs], labels, out)
-    return write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+    return md

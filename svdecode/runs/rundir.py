@@ -43,7 +43,7 @@ log = logging.getLogger("svdecode")
 
 MANIFEST_NAME = "svdecode_run.json"
 FORMAT = "svdecode.run/1"
-STAGES = ("warmstart", "calibration", "evaluation")
+STAGES = ("warmstart", "calibration", "evaluation", "report")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 # What svdecode, peft and tokenizers write into run directories; a folder holding one of the
 # first group without a manifest was written by an older svdecode.

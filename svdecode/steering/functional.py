@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from svdecode.checks import MAX_STRENGTH, check_strength
+
 __all__ = [
     "EPS",
     "MAX_STRENGTH",
@@ -37,15 +39,6 @@ __all__ = [
 ]
 
 EPS = 1e-12  # eq. 41/43: keeps mu* finite when ||delta|| vanishes
-
-# The largest |strength| the fp32 steering step represents. Every rule multiplies the strength by a
-# direction bounded by the logits' spread S (the larger max - min of the two rows) and log V:
-# |r_y| <= S + log V, KL <= max |r|, so |delta_y| = p_y |r_y - KL| <= 2 (S + log V), and the
-# logit-arithmetic (r) and probability-space (r + 1) directions are smaller still. With
-# |mu| <= 1e30, mu * direction stays below fp32's largest value (3.4e38) for any S < 1.7e8:
-# language-model logits lie within about +-1e3 (half-precision ones within +-65504), so no real
-# row overflows, and every strength a calibration can fit (it searches |mu| <= 1e4) is allowed.
-MAX_STRENGTH = 1e30
 
 
 def check_finite(x: torch.Tensor, name: str) -> bool:
@@ -73,6 +66,12 @@ def _log_probs(
             "shape; base and adapted models must share one vocabulary"
         )
     clean = check_finite(logits_adapted, "adapted logits") & check_finite(logits_base, "base logits")
+    if not clean:  # -inf entries: a row of nothing but -inf has no distribution (softmax is NaN)
+        for x, name in ((logits_adapted, "adapted"), (logits_base, "base")):
+            if bool(torch.isneginf(x).all(dim=-1).any()):
+                raise ValueError(
+                    f"{name} logits: a row has no finite logit (all -inf): there is no distribution"
+                )
     return (
         torch.log_softmax(logits_adapted.float(), dim=-1),
         torch.log_softmax(logits_base.float(), dim=-1),
@@ -148,25 +147,15 @@ def confidence_mask(logits_adapted: torch.Tensor, alpha: float = 0.1) -> torch.T
     return _keep_from_logp(torch.log_softmax(logits_adapted.float(), dim=-1), alpha)
 
 
-def _strength_problem(mu: object) -> str:
-    return (
-        f"must be a finite number of magnitude at most {MAX_STRENGTH:g} (the largest strength "
-        f"whose fp32 steering step is representable), got {mu!r}"
-    )
-
-
-def check_strength(mu: float, name: str = "mu") -> float:
-    """``mu`` as a float if it is a real number within +-:data:`MAX_STRENGTH` (so the fp32 step
-    mu * delta cannot overflow, see there); else ``ValueError`` naming ``name``."""
-    if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not abs(mu) <= MAX_STRENGTH:
-        raise ValueError(f"{name} {_strength_problem(mu)}")
-    return float(mu)
-
-
 def _strength(mu: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(mu, numbers.Real):  # a number: svdecode.checks says why (1e39 is finite, not in fp32)
+        check_strength(mu, "steering strength")
     mu_t = torch.as_tensor(mu, dtype=torch.float32, device=device)
     if not bool((mu_t.abs() <= MAX_STRENGTH).all()):  # NaN fails the comparison too
-        raise ValueError(f"steering strength {_strength_problem(mu)}")
+        raise ValueError(
+            f"steering strength must be a finite number of magnitude at most {MAX_STRENGTH:g} in every row "
+            f"(the largest whose fp32 steering step is representable), got {mu}"
+        )
     return mu_t
 
 

@@ -92,9 +92,10 @@ def read_info(out_dir: str | Path) -> dict[str, Any]:
         raise WarmstartError(f"{path} is not valid JSON: {err}") from err
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
+def check_out_dir(out: Path, overwrite: bool, request: dict[str, Any] | None = None) -> None:
     """Refuse an output directory that holds a finished run (unless ``overwrite``), or files that
-    svdecode did not write (always: those are never deleted)."""
+    svdecode did not write (always: those are never deleted). ``request`` (what this warm-start is
+    asked, :func:`warmstart_request`; ``base`` None when unknown) names how the finished one differs."""
     if out.name.endswith(PARTIAL_SUFFIX):
         raise WarmstartError(f"the output directory {str(out)!r} must not end in {PARTIAL_SUFFIX!r}")
     if not out.exists():
@@ -112,6 +113,17 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         )
     what = "a finished warm-start" if is_complete(out) else "another run's files"
     if not overwrite:
+        entry = rundir.stage_entry(out, "warmstart")
+        if entry is not None and request is not None:
+            same_base = request.get("base") is None or same_model_name(
+                entry["request"].get("base"), request["base"]
+            )
+            diff = rundir.diff_requests(
+                entry["request"], request, REUSE_IGNORED + (("base",) if same_base else ())
+            )
+            what += (
+                f" asked for something else ({rundir.summarize(diff)})" if diff else " of the same request"
+            )
         raise WarmstartError(
             f"{str(out)!r} already holds {what}; use it as it is, pass overwrite=True (--overwrite) to "
             "train it again (replacing the directory), or choose another output directory (--out)"

@@ -209,7 +209,9 @@ def warmstart(
     out = Path(out_dir)
     part = partial_dir(out)
     with rundir.locked(out):
-        distributed.on_main(lambda: _check_dirs(out, part, resume, overwrite))
+        known_base = base if base is not None else (None if model is not None else "default")
+        request_now = warmstart_request(cfg.to_dict(), known_base, examples, manifest)
+        distributed.on_main(lambda: _check_dirs(out, part, resume, overwrite, request_now))
         model, tokenizer, base_name = _base_model(model, tokenizer, base)
         check_model(cfg, model, tokenizer)
         scan = _scan_or_refuse(examples, tokenizer, cfg, model)
@@ -233,10 +235,11 @@ def warmstart(
         return _train(run, progress=progress, callbacks=callbacks)
 
 
-def _check_dirs(out: Path, part: Path, resume: bool, overwrite: bool) -> None:
-    """Before any model loads: finish a half-done publish, refuse what ``out`` must not replace."""
+def _check_dirs(out: Path, part: Path, resume: bool, overwrite: bool, request: dict[str, Any]) -> None:
+    """Before any model loads: finish a half-done publish, refuse what ``out`` must not replace
+    (naming how a finished warm-start's ``request`` differs)."""
     finish_publish(out)
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, request)
     if part.exists() and not resume and not overwrite:
         raise WarmstartError(
             f"an interrupted warm-start is in {part} ({partial_summary(part)}); continue it with "

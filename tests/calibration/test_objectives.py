@@ -36,13 +36,15 @@ def mirrored_stats(n=30, vocab=20, seed=0) -> tuple[TokenStats, list[str]]:
 
 
 def helpful_stats(n=60, vocab=20, seed=1) -> tuple[TokenStats, list[str]]:
-    """The adapted model moved toward the gold token and the base model away from it: extrapolating
-    (mu < 0) helps every token."""
+    """The adapted model moved toward the gold token and the base model away from it on 3 tokens
+    of 4; on the 4th the base is nearer the gold token. Extrapolating (mu < 0) helps, up to a
+    finite strength (every token helped would make the fit unbounded, never applied)."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, vocab, generator=gen, dtype=torch.float64)
     y = torch.randint(0, vocab, (n,), generator=gen)
     onehot = torch.nn.functional.one_hot(y, vocab).double()
     za, zb = z + 1.5 * onehot, z - 0.5 * onehot
+    zb = torch.where((torch.arange(n) % 4 == 0).unsqueeze(-1), z + 3.0 * onehot, zb)
     stats = token_stats(za, zb, y, alpha=0.05, group=torch.arange(n))
     stats.n_groups = n
     return stats, [f"q{i}" for i in range(n)]
@@ -108,6 +110,42 @@ def test_binned_strengths_are_fitted_recorded_and_applied_only_when_selected():
     assert out.selection["candidates"]["binned"]["mu"] == out.bins["mu"]
     auto = choose_strength(stats, ids, bins=3)
     assert auto.bins["applied"] == (auto.objective == "binned") == (auto.mu_bins is not None)
+
+
+def split_confidence_stats(n=40, vocab=20, seed=0) -> tuple[TokenStats, list[str]]:
+    """alpha = 1 keeps only the top token. Confident half: the gold token is the top one, so its
+    loss falls without end as mu -> -inf (an unbounded fit); the other half pins the pooled fit."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(2 * n, vocab, generator=gen, dtype=torch.float64)
+    top = torch.randint(0, vocab, (2 * n,), generator=gen)
+    onehot = torch.nn.functional.one_hot(top, vocab).double()
+    za = z + torch.cat([torch.full((n, 1), 8.0), torch.full((n, 1), 2.0)]).double() * onehot
+    y = top.clone()
+    y[n:] = (top[n:] + 1) % vocab
+    stats = token_stats(za, za - 2.0 * onehot, y, alpha=1.0, group=torch.arange(2 * n))
+    stats.n_groups = 2 * n
+    return stats, [f"q{i}" for i in range(2 * n)]
+
+
+def test_a_strength_at_the_search_bound_is_never_applied():
+    stats, ids = split_confidence_stats()
+    confident = stats.take(torch.arange(len(stats)) < 40)
+    assert minimise_nll(confident).unbounded and minimise_nll(confident).mu == -1e4
+    out = choose_strength(confident, ids[:40], objective="nll", guard=False, bins=0)
+    assert out.mu == 0.0 and out.guard["unbounded"] and "search bound" in out.guard["reason"]
+    assert out.estimates["nll"] == -1e4  # recorded, not applied
+    both = choose_strength(stats, ids, objective="nll", guard=False, bins=2)
+    assert both.mu == pytest.approx(minimise_nll(stats).mu) and not minimise_nll(stats).unbounded
+    assert -1e4 in both.bins["mu"] and both.bins["applied"] is False and both.mu_bins is None
+    assert "search bound" in both.bins["note"]
+
+
+def test_bins_are_bounded_by_the_tokens():
+    stats, ids = helpful_stats(n=60)  # 60 answer tokens: at most 3 bins of 16
+    out = choose_strength(stats, ids, objective="nll", guard=False, bins=50)
+    assert len(out.bins["mu"]) == 3 and "3 bins of the 50 asked" in out.bins["note"]
+    few, few_ids = helpful_stats(n=20)
+    assert choose_strength(few, few_ids, objective="nll", guard=False, bins=3).bins is None
 
 
 # -- through the model ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import make_model, make_tokenizer
 
 from svdecode.cli import main
@@ -50,7 +51,10 @@ def golden(tmp_path_factory) -> dict[str, Path]:
 def build_golden(root: Path) -> dict[str, Path]:
     tok = make_tokenizer()
     models = {"base": make_model(len(tok)), "base2": make_model(len(tok), seed=1),
-              "base_vocab": make_model(len(tok) + 7)}  # fmt: skip
+              "base_vocab": make_model(len(tok) + 7), "base_layers": make_model(len(tok))}  # fmt: skip
+    with torch.no_grad():  # the same model but for one layer: same shapes, same embeddings
+        weight = models["base_layers"].model.layers[0].self_attn.q_proj.weight
+        weight.add_(1e-3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
     for name, model in models.items():
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
@@ -81,8 +85,8 @@ class Ctx:
 
     def __init__(self, golden: dict[str, Path], tmp: Path):
         self.tmp = tmp
-        self.base, self.base2, self.base_vocab, self.data = (
-            golden[k] for k in ("base", "base2", "base_vocab", "data")
+        self.base, self.base2, self.base_vocab, self.base_layers, self.data = (
+            golden[k] for k in ("base", "base2", "base_vocab", "base_layers", "data")
         )
         for name in ("run", "A", "eval"):
             shutil.copytree(golden[name], tmp / name)
@@ -334,6 +338,38 @@ def _fresh_eval(c: Ctx) -> None:
     shutil.rmtree(c.eval)
 
 
+def _report(c: Ctx, results: Path, *extra: str) -> list[str]:
+    return ["report", str(results), "--out", str(c.new), *extra]
+
+
+def _other_results(c: Ctx) -> Path:
+    """A report of the golden evaluation in c.new, and a copy of its results elsewhere."""
+    assert main(_report(c, c.eval)) == 0
+    (c.tmp / "other").mkdir()
+    return Path(shutil.copy(c.eval / "results.json", c.tmp / "other" / "results.json"))
+
+
+def _only_the_new_report(c: Ctx, out: str, err: str) -> None:
+    entry = rundir.stage_entry(c.new, "report")
+    assert [r["path"] for r in entry["request"]["results"]] == [str(c.tmp / "other" / "results.json")]
+    assert sorted(p.name for p in c.new.iterdir() if not p.name.startswith(".")) == sorted(
+        [rundir.MANIFEST_NAME, *entry["outputs"]])  # fmt: skip
+
+
+def _never_serve(c: Ctx, monkeypatch) -> None:
+    """A serve case that is not refused would start a server and never return: fail instead."""
+
+    def serve(*a, **k):
+        raise AssertionError("svdecode serve started although its flags are invalid")
+
+    monkeypatch.setattr("svdecode.integrations.server.app.serve", serve)
+
+
+def _limit_recorded(c: Ctx, out: str, err: str) -> None:
+    assert json.loads((c.new / "results.json").read_text())["config"]["limit"] == 2
+    assert "limit 2," in (c.new / "results.md").read_text()
+
+
 _rng = random.Random(13)  # "random points", reproducibly
 _STEPS = sorted(_rng.sample(range(1, 5), 2))
 _ITEMS = sorted(_rng.sample(range(0, 4), 2))
@@ -354,6 +390,20 @@ CASES: list[Case] = [
     case("flags", "generate --seed -1", lambda c: gen(c, "--seed", "-1"), 2, "--seed"),
     case("flags", "generate --mu nan", lambda c: gen(c, "--mu", "nan"), 2, "--mu", "finite"),
     case("flags", "generate --mu inf", lambda c: gen(c, "--mu", "inf"), 2, "--mu"),
+    case("flags", "generate --mu 1e39 (finite, beyond fp32)", lambda c: gen(c, "--mu", "1e39"), 2, "--mu",
+         "magnitude at most 1e+30", "fp32"),
+    case("flags", "generate --mu 1e300", lambda c: gen(c, "--mu", "1e300"), 2, "--mu", "fp32"),
+    case("flags", "generate --mu -1e31", lambda c: gen(c, "--mu=-1e31"), 2, "--mu", "fp32"),
+    case("flags", "generate --lam abc", lambda c: gen(c, "--lam", "abc"), 2, "--lam", "abc",
+         never=("_lam",)),
+    case("flags", "serve --mu 1e300", lambda c: ["serve", str(c.run), "--mu", "1e300"], 2, "--mu", "fp32",
+         inject=_never_serve),
+    case("flags", "serve --port -1", lambda c: ["serve", str(c.run), "--port", "-1"], 2, "--port", "[1, 65535]",
+         inject=_never_serve),
+    case("flags", "serve --alpha 2", lambda c: ["serve", str(c.run), "--alpha", "2"], 2, "--alpha", "[0, 1]",
+         inject=_never_serve),
+    case("flags", "calibrate --confidence-bins 100000", lambda c: cal(c, "--confidence-bins", "100000"), 2,
+         "--confidence-bins", "64"),
     case("flags", "generate --alpha 1.5", lambda c: gen(c, "--alpha", "1.5"), 2, "--alpha", "[0, 1]"),
     case("flags", "generate --lam inf", lambda c: gen(c, "--lam", "inf"), 2, "--lam"),
     case("flags", "generate --stop ''", lambda c: gen(c, "--stop", ""), 2, "--stop"),
@@ -407,6 +457,10 @@ CASES: list[Case] = [
          "r.json", "not valid JSON"),
     case("paths", "report: not a results file", lambda c: ["report", str(c.file("r.json", "[1]")), "--out",
          str(c.new)], 2, "r.json", "not an svdecode results file"),
+    case("paths", "report --out is a file", lambda c: _report(c, c.eval)[:3] + [str(c.data)], 2, "task.jsonl",
+         "is a file", never=("Errno",)),
+    case("paths", "demo --out is a file", lambda c: ["demo", "--out", str(c.data)], 2, "task.jsonl", "is a file",
+         never=("Errno",)),
     case("paths", "calibrate --out is a file", lambda c: cal(c, "--out", str(c.data)), 2, "task.jsonl", "is a file"),
     # -- data files: the message names the file and the row
     case("data", "--data missing", lambda c: ["warmstart", "--data", str(c.tmp / "none.jsonl"), "--out", str(c.new)],
@@ -417,6 +471,12 @@ CASES: list[Case] = [
          "nocol.jsonl", "'prompt'", "line 1"),
     case("data", "--data empty answer", lambda c: data(c, "ea.jsonl", '{"prompt": "a", "answer": ""}\n'), 2,
          "ea.jsonl", "line 1"),
+    case("data", "--data a .json holding one object", lambda c: data(c, "one.json", json.dumps(ROWS[0])), 2,
+         "one.json", "single JSON object"),
+    case("data", "--data a .json holding one object over lines", lambda c: data(c, "one2.json",
+         json.dumps(ROWS[0], indent=2)), 2, "one2.json", "single JSON object"),
+    case("data", "a bad row's hint names --skip-bad-rows", lambda c: data(c, "bad2.jsonl",
+         '{"prompt": "a", "answer": " b"}\n{"prompt": "a"}\n'), 2, "bad2.jsonl", "line 2", "--skip-bad-rows"),
     case("data", "--data empty file", lambda c: data(c, "empty.jsonl", ""), 2, "empty.jsonl", "no rows"),
     case("data", "--data a list of numbers", lambda c: data(c, "list.json", "[1, 2]"), 2, "list.json", "row 1"),
     case("data", "--data csv without the --prompt-col", lambda c: data(c, "t.csv", "q,answer\nhi, there\n"), 2,
@@ -433,6 +493,9 @@ CASES: list[Case] = [
     artifact("config mu as a string", lambda d: d.update(mu="1.0"), "'mu'", "str"),
     artifact("config mu as a bool", lambda d: d.update(mu=True), "'mu'", "bool"),
     artifact("config mu NaN", lambda d: d.update(mu=float("nan")), "'mu'", "finite"),
+    artifact("config mu 1e39", lambda d: d.update(mu=1e39), "'mu'", "fp32", "1e+30"),
+    artifact("config mu_bins strength 1e39", lambda d: d.update(mu_bins={"observable": "log_max_p_adapted",
+             "edges": [-1.0], "mu": [0.5, 1e39]}), "'mu_bins'", "fp32"),
     artifact("config alpha 1.5", lambda d: d.update(alpha=1.5), "'alpha'", "[0, 1]"),
     artifact("config alpha as a string", lambda d: d.update(alpha="0.1"), "'alpha'", "str"),
     artifact("config lam a word", lambda d: d.update(lam="lots"), "'lam'", "-inf"),
@@ -473,6 +536,15 @@ CASES: list[Case] = [
     case("adapters", "adapter onto another base with --force", lambda c: ["generate", "--adapter", str(c.A),
          "--base", str(c.base2), "--prompt", "x", "--max-new-tokens", "2", "--force"], 0, "--force", "other weights"),
     case("adapters", "steered dir onto another base", lambda c: gen(c, "--base", str(c.base2)), 2, "other weights"),
+    case("adapters", "adapter onto a base whose layer 0 differs", lambda c: ["generate", "--adapter", str(c.A),
+         "--base", str(c.base_layers), "--prompt", "x"], 2, "other weights", "model.layers.0.self_attn.q_proj",
+         "--force"),
+    case("adapters", "steered dir onto a base whose layer 0 differs", lambda c: gen(c, "--base",
+         str(c.base_layers)), 2, "other weights", "model.layers.0"),
+    case("adapters", "a base whose layer 0 differs, with --force", lambda c: gen(c, "--base", str(c.base_layers),
+         "--force"), 0, "--force", "model.layers.0"),
+    case("adapters", "the same base loaded in bfloat16 passes", lambda c: gen(c, "--dtype", "bfloat16"), 0,
+         never=("other weights",)),
     case("adapters", "steered dir onto a base with another vocabulary", lambda c: gen(c, "--base", str(c.base_vocab)),
          2, "vocab_size"),
     case("adapters", "calibrate an adapter on another base", lambda c: cal(c, "--base", str(c.base2),
@@ -511,6 +583,17 @@ CASES: list[Case] = [
          "already holds a finished warm-start", "--overwrite"),
     case("run dirs", "warmstart --overwrite never deletes a user's files", lambda c: ws(c, "--overwrite", out=c.run),
          2, "notes.txt", "did not write", setup=lambda c: (c.run / "notes.txt").write_text("mine")),
+    case("run dirs", "warmstart with other options into a finished one names them", lambda c: ws(c, out=c.A), 2,
+         "already holds a finished warm-start asked for something else", "config.max_steps: 2 -> 4", "--overwrite"),
+    case("run dirs", "report of other results into a report's --out", lambda c: _report(c, c.extra["other"]), 2,
+         "holds a report of other results", "results", "--overwrite",
+         setup=lambda c: c.extra.update(other=_other_results(c))),
+    case("run dirs", "report of other results with --overwrite replaces it", lambda c: _report(c, c.extra["other"],
+         "--overwrite"), 0, setup=lambda c: c.extra.update(other=_other_results(c)), after=_only_the_new_report),
+    case("run dirs", "report of the same results again", lambda c: _report(c, c.eval), 0,
+         setup=lambda c: main(_report(c, c.eval))),
+    case("run dirs", "report into a folder of the user's files", lambda c: _report(c, c.eval), 2, "notes.txt",
+         "did not record", setup=lambda c: (c.new.mkdir(), (c.new / "notes.txt").write_text("mine"))),
     case("run dirs", "warmstart over an interrupted one without --resume", lambda c: ws(c), 2, ".partial",
          "step 2", "--resume", "--overwrite", setup=_interrupted_warmstart),
     case("run dirs", "warmstart over an interrupted one with --overwrite", lambda c: ws(c, "--overwrite"), 0,
@@ -565,6 +648,12 @@ CASES: list[Case] = [
     case("inputs", "--max-new-tokens beyond the context", lambda c: gen(c, "--max-new-tokens", "300"), 2,
          "max_new_tokens=300", "context of 256"),
     case("inputs", "beam search --num-beams 2", lambda c: gen(c, "--num-beams", "2"), 0),
+    case("inputs", "--steered with --adapter", lambda c: gen(c, "--adapter", str(c.A)), 2, "--steered", "--adapter",
+         "not both"),
+    case("inputs", "--adapter on a calibrated directory says which mu", lambda c: ["generate", "--adapter",
+         str(c.run), "--prompt", "x", "--max-new-tokens", "2"], 0, "mu = 0", "steering_config.json",
+         lambda c: f"--steered {c.run}"),
+    case("inputs", "eval --limit is recorded", lambda c: eval_args(c.run, c.new), 0, after=_limit_recorded),
 ]
 # fmt: on
 

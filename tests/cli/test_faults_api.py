@@ -23,6 +23,7 @@ from svdecode.model.fingerprint import BaseMismatchError
 from svdecode.model.loading import load_base, load_peft
 from svdecode.model.steered_model import SteeredModel
 from svdecode.runs import rundir
+from svdecode.steering import steer_logits
 from svdecode.train import WarmstartConfig, WarmstartError, warmstart
 from svdecode.train.pipeline import run_pipeline
 
@@ -96,6 +97,13 @@ API_CASES: list[tuple[str, Callable[[dict], Any], type[Exception], str]] = [
      "other weights"),
     ("load_base a missing local path", lambda w: load_base("./no/such/model"), InputError, "does not exist"),
     ("SteeringConfig mu=True", lambda w: SteeringConfig(mu=True), ConfigError, "'mu'"),
+    ("SteeringConfig mu=1e39 (beyond fp32)", lambda w: SteeringConfig(mu=1e39), ConfigError,
+     "fp32 steering step"),
+    ("steering.override mu=1e300", lambda w: SteeringConfig().override(mu=1e300), ConfigError, "fp32"),
+    ("steer_logits mu=1e39", lambda w: steer_logits(torch.zeros(2, 5), torch.zeros(2, 5), 1e39), ValueError,
+     "magnitude at most 1e+30"),
+    ("calibrate bins=100000", lambda w: w["model"].calibrate([("a", " b")], bins=100_000, progress=False),
+     InputError, "bins"),
     ("SteeringConfig alpha=2", lambda w: SteeringConfig(alpha=2.0), ConfigError, "'alpha'"),
     ("SteeringConfig method='x'", lambda w: SteeringConfig(method="x"), ConfigError, "'method'"),
     ("SteeringConfig.from_json without mu", lambda w: SteeringConfig.from_json(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from svdecode import checks
+
 API_KEY_ENV = "SVDECODE_API_KEY"
 
 
@@ -14,6 +16,19 @@ def _positive(kind: type):
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
+
+    return parse
+
+
+def _checked(rule: checks.Rule | None):
+    """An argparse type: a number within ``rule``, or (None) a steering strength the fp32 math can
+    apply; argparse names the flag in the error."""
+
+    def parse(text: str) -> int | float:
+        try:
+            return checks.parse(text, rule) if rule else checks.check_strength(float(text))
+        except ValueError as err:  # float("abc"), a number out of range, InputError
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 
@@ -34,10 +49,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", default="float32", type=str.lower, choices=DTYPE_NAMES)
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto")
     m.add_argument(
-        "--mu", type=float, default=None, help="default mu of the steered model (else the calibrated one)"
+        "--mu",
+        type=_checked(None),
+        default=None,
+        help="default mu of the steered model (else the calibrated one)",
     )
     m.add_argument(
-        "--alpha", type=float, default=None, help="default confidence-mask alpha of the steered model"
+        "--alpha",
+        type=_checked(checks.UNIT_INTERVAL),
+        default=None,
+        help="default confidence-mask alpha of the steered model",
     )
     m.add_argument(
         "--model-name",
@@ -49,7 +70,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--kv-cache-mib", type=_positive(int), default=1024, help="KV cache of both streams")
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    n.add_argument("--port", type=int, default=8000)
+    n.add_argument("--port", type=_checked(checks.Rule("int", lo=1, hi=65535)), default=8000)
     n.add_argument(
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV})"
     )

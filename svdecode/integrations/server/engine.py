@@ -144,10 +144,14 @@ class RowSampler(LogitsProcessor):
         for i, row in enumerate(self.rows):
             if row.generator is None or row.finish is not None:
                 continue
-            z = scores[i : i + 1]
-            for warper in self._warp(row.request.temperature, row.request.top_p):
+            # z - max <= 0, so dividing by a tiny temperature gives 0 or -inf, never inf - inf = NaN
+            # (softmax and top-p are unchanged by the shift); a temperature below 1e-30 (1e-62 is
+            # valid JSON, but 0 in fp32) samples as 1e-30 does: the top token
+            z = scores[i : i + 1].float()
+            z = z - z.amax(-1, keepdim=True)
+            for warper in self._warp(max(row.request.temperature, 1e-30), row.request.top_p):
                 z = warper(input_ids[i : i + 1], z)
-            token = torch.multinomial(z.float().softmax(-1), 1, generator=row.generator).item()
+            token = torch.multinomial(z.softmax(-1), 1, generator=row.generator).item()
             scores[i].fill_(float("-inf"))
             scores[i, token] = 0.0
         return scores

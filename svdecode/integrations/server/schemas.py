@@ -12,7 +12,31 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from svdecode.checks import strength_problem
+
 MAX_STOPS = 4  # OpenAI's limit
+# What the fields checked by validators below take, for the OpenAPI schema (their Python type is
+# Any so that a wrong value gets the validator's own message, not pydantic's union errors).
+_TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+_STOPS = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOPS},
+        {"type": "null"},
+    ]
+}
+# The fields this server does not implement: only their neutral values (see _neutral).
+_NEUTRAL = Field(None, json_schema_extra={"anyOf": [
+    {"type": "null"}, {"const": False}, {"const": 0}, {"type": "object", "maxProperties": 0},
+    {"type": "array", "maxItems": 0},
+]})  # fmt: skip
+_PART = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+    "additionalProperties": False,
+}
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _PART}]}
 
 
 def _neutral(value: Any) -> bool:
@@ -38,7 +62,7 @@ class _Sampling(_Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     n: int = Field(1, ge=1)
-    stop: Any = Field(None, validate_default=True)
+    stop: Any = Field(None, validate_default=True, json_schema_extra=_STOPS)
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -46,10 +70,10 @@ class _Sampling(_Strict):
     mu: float | None = Field(None, allow_inf_nan=False)
     alpha: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     # OpenAI fields without an implementation here: only their neutral values are accepted.
-    frequency_penalty: Any = None
-    presence_penalty: Any = None
-    logit_bias: Any = None
-    logprobs: Any = None
+    frequency_penalty: Any = _NEUTRAL
+    presence_penalty: Any = _NEUTRAL
+    logit_bias: Any = _NEUTRAL
+    logprobs: Any = _NEUTRAL
 
     UNIMPLEMENTED: ClassVar[tuple[str, ...]] = (
         "frequency_penalty",
@@ -57,6 +81,14 @@ class _Sampling(_Strict):
         "logit_bias",
         "logprobs",
     )
+
+    @field_validator("mu")
+    @classmethod
+    def _strength(cls, value: float | None) -> float | None:
+        problem = None if value is None else strength_problem(value)
+        if problem:  # e.g. 1e300: finite, but inf in the fp32 steering math
+            raise ValueError(problem)
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -79,10 +111,10 @@ class _Sampling(_Strict):
 class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
-    prompt: Any
-    echo: Any = None
-    best_of: Any = None
-    suffix: Any = None
+    prompt: Any = Field(json_schema_extra=_TEXTS)
+    echo: Any = _NEUTRAL
+    best_of: Any = Field(None, json_schema_extra={"anyOf": [{"type": "null"}, {"const": 1}]})
+    suffix: Any = _NEUTRAL
 
     UNIMPLEMENTED = (*_Sampling.UNIMPLEMENTED, "echo", "suffix")
 
@@ -110,7 +142,7 @@ class TextPart(_Strict):
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Any
+    content: Any = Field(json_schema_extra=_CONTENT)
     name: str | None = None
 
     @field_validator("content", mode="before")
@@ -130,12 +162,16 @@ class ChatCompletionRequest(_Sampling):
 
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = None
-    top_logprobs: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
+    top_logprobs: Any = _NEUTRAL
+    tools: Any = _NEUTRAL
+    tool_choice: Any = Field(None, json_schema_extra={"anyOf": [{"type": "null"}, {"const": "none"}]})
+    functions: Any = _NEUTRAL
+    function_call: Any = _NEUTRAL
+    response_format: Any = Field(
+        None,
+        json_schema_extra={"anyOf": [{"type": "null"}, {"type": "object", "properties": {"type": {"const": "text"}},
+                                                        "required": ["type"], "additionalProperties": False}]},
+    )  # fmt: skip
     parallel_tool_calls: bool | None = None
 
     UNIMPLEMENTED = (
