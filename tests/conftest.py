@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,3 +120,20 @@ def tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture()
 def tiny_model(tokenizer) -> LlamaForCausalLM:
     return make_model(len(tokenizer))
+
+
+# a tiny base model folder and a 14-row prompt/answer file, for the command-line tests
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("base")
+    make_model(len(tokenizer), max_positions=1024).save_pretrained(path)  # TruthfulQA prompts: ~520 tokens
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "task.jsonl"
+    rows = [{"prompt": f"Q: is {i} even?\nA:", "answer": " yes" if i % 2 == 0 else " no"} for i in range(14)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

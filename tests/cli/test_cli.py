@@ -4,27 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from conftest import make_model
-
 from svdecode.cli import main
 from svdecode.model.config import CONFIG_NAME
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("base")
-    make_model(len(tokenizer), max_positions=1024).save_pretrained(path)  # TruthfulQA prompts: ~520 tokens
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "task.jsonl"
-    rows = [{"prompt": f"Q: is {i} even?\nA:", "answer": " yes" if i % 2 == 0 else " no"} for i in range(14)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
 
 
 def test_run_then_generate_calibrate_and_skip(base_dir, data_file, tmp_path, capsys):

@@ -128,22 +128,6 @@ def test_two_process_calibration_equals_one_process(tmp_path):
 
 
 # -- the command line under torchrun (slow: every launch starts two Python processes) -------------
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("base")
-    make_model(len(tokenizer), max_positions=1024).save_pretrained(path)  # TruthfulQA prompts: ~520 tokens
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "task.jsonl"
-    rows = [{"prompt": f"Q: is {i} even?\nA:", "answer": " yes" if i % 2 == 0 else " no"} for i in range(14)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
 def _ws_args(data_file, base_dir, out, *extra: str) -> list[str]:
     return ["warmstart", "--data", str(data_file), "--n-train", "8", "--n-calib", "4",
             "--base", str(base_dir), "--out", str(out), *extra]  # fmt: skip
