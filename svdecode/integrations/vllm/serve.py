@@ -16,8 +16,8 @@ import logging
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from vllm import SamplingParams
@@ -38,16 +38,33 @@ from svdecode.steering import Steerer
 log = logging.getLogger("svdecode.server")
 
 
-def served_model(folder: Path, adapter_dir: Path, max_model_len: int, mu: float | None, alpha: float | None):
-    """What the app reads from a model: tokenizer, steerer and context length."""
+@dataclass(frozen=True)
+class ContextLimit:
+    """The engine's context length, read by the app where a model config has it."""
+
+    max_position_embeddings: int
+
+
+@dataclass
+class ServedModel:
+    """What the app reads from a served model (the default engine hands it a ``SteeredModel``):
+    its tokenizer, steering settings and steerer, and its context length."""
+
+    tokenizer: Any
+    steering: SteeringConfig
+    config: ContextLimit
+
+    @property
+    def steerer(self) -> Steerer:
+        return self.steering.steerer
+
+
+def served_model(
+    folder: Path, adapter_dir: Path, max_model_len: int, mu: float | None, alpha: float | None
+) -> ServedModel:
     cfg = SteeringConfig.load(adapter_dir) if (adapter_dir / CONFIG_NAME).is_file() else SteeringConfig()
     cfg.override(mu=mu, alpha=alpha)
-    return SimpleNamespace(
-        tokenizer=load_tokenizer(str(folder)),
-        steering=cfg,
-        steerer=cfg.steerer,
-        config=SimpleNamespace(max_position_embeddings=max_model_len),
-    )
+    return ServedModel(load_tokenizer(str(folder)), cfg, ContextLimit(max_model_len))
 
 
 class VLLMRunner:
@@ -168,7 +185,7 @@ def build(
     max_model_len: int,
     kv_cache_mib: int,
     dtype: str = "float32",
-) -> tuple[SimpleNamespace, VLLMRunner]:
+) -> tuple[ServedModel, VLLMRunner]:
     """(the model view the app reads, the runner) for ``adapter_dir`` on vLLM."""
     adapter_dir = Path(adapter_dir)
     folder = prepare(adapter_dir, base=base, mu=mu, alpha=alpha)
