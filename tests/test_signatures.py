@@ -49,10 +49,10 @@ def test_the_count_sees_every_kind_of_parameter(tmp_path):
 
 @pytest.mark.parametrize("literal", ['"truthfulqa_mc"', '"truthfulqa_gen"', '"commonsense"'])
 def test_task_family_names_are_defined_once(literal):
-    """The task-family names are data of svdecode.benchmarks; everything else reads them (or the
+    """The task-family names are data of svdecode.catalog; everything else reads them (or the
     registry, svdecode.eval.tasks.TASKS)."""
     forms = (literal, literal.replace('"', "'"))
     holders = {
         str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if any(f in p.read_text() for f in forms)
     }
-    assert holders == {"benchmarks.py"}
+    assert holders == {"catalog.py"}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
+from svdecode.catalog import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.checks import POSITIVE_INT, SEED, check, check_model_source
 from svdecode.data import COMMONSENSE_DATASETS, load_commonsense, sample, truthfulqa_mc_split
 from svdecode.errors import InputError

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from svdecode import checks
-from svdecode.benchmarks import COMMONSENSE_DATASETS, TASK_NAMES, TRUTHFULQA_MC
+from svdecode.catalog import COMMONSENSE_DATASETS, TASK_NAMES, TRUTHFULQA_MC
 from svdecode.cli.commands import (
     cmd_calibrate,
     cmd_demo,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from svdecode.benchmarks import COMMONSENSE_DATASETS, COMMONSENSE_DIR, LABELS
+from svdecode.catalog import COMMONSENSE_DATASETS, COMMONSENSE_DIR, LABELS
 from svdecode.data.examples import DataError, Example, ExampleList, default_data_root
 from svdecode.data.records import BadRow, collect, read_records, text_field
 

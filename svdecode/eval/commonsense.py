@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from svdecode.benchmarks import COMMONSENSE
+from svdecode.catalog import COMMONSENSE
 from svdecode.eval import generation, labels, metrics
 from svdecode.eval.cache import ItemCache, cache_path
 from svdecode.eval.methods import MethodSpec

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.calibration.calibrate import collect_choice_stats
 from svdecode.calibration.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
 from svdecode.calibration.strength import binned_mu, search_grid
+from svdecode.catalog import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.eval import metrics
 from svdecode.eval.choices import commonsense_choice_item, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.methods import MethodSet, MethodSpec

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
+from svdecode.catalog import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
 from svdecode.errors import require_extra
 from svdecode.eval.tables import as_num, headline, n_items, task_title
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_MC
+from svdecode.catalog import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.errors import InputError
 from svdecode.eval.plots import (
     plot_alpha_sweep,

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from svdecode.benchmarks import TRUTHFULQA_MC
 from svdecode.calibration.config import CalibrationConfig, split_options
 from svdecode.calibration.objectives import (
     ChoiceItem,
     ItemMetric,
 )
+from svdecode.catalog import TRUTHFULQA_MC
 from svdecode.checks import UNIT_INTERVAL, check
 from svdecode.errors import InputError
 from svdecode.eval.cache import merge_rank_caches, rank_cache_dir

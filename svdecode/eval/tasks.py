@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdecode.benchmarks import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
 from svdecode.calibration.objectives import ChoiceItem, ItemMetric, choice_accuracy
+from svdecode.catalog import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
 from svdecode.errors import InputError
 from svdecode.eval.choices import calibration_choices, mc_choice_item, truthfulqa_mc_average
 from svdecode.eval.commonsense import evaluate_commonsense
@@ -199,7 +199,7 @@ def _evaluate_commonsense(model, items, specs, judge, opts: EvalOptions, cache_d
     )
 
 
-# in the order of svdecode.benchmarks.TASK_NAMES (the command line's choices)
+# in the order of svdecode.catalog.TASK_NAMES (the command line's choices)
 TASKS: dict[str, TaskFamily] = {
     TRUTHFULQA_MC: TaskFamily(
         TRUTHFULQA_MC,

@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from svdecode.benchmarks import TRUTHFULQA_GEN
+from svdecode.catalog import TRUTHFULQA_GEN
 from svdecode.eval import generation, metrics
 from svdecode.eval.cache import ItemCache, cache_path
 from svdecode.eval.commonsense import same_generation_groups, share_within_group

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from svdecode.benchmarks import TRUTHFULQA_MC
+from svdecode.catalog import TRUTHFULQA_MC
 from svdecode.eval import metrics
 from svdecode.eval.cache import ItemCache, cache_path
 from svdecode.eval.methods import MethodSpec, as_float, lam_json

@@ -327,12 +327,12 @@ def test_every_shared_row_parses():
 
 
 def test_loaders_use_the_one_definition_of_the_datasets():
-    """The lm-eval loaders and the harness read the same core definition (svdecode.benchmarks)."""
-    from svdecode import benchmarks
+    """The lm-eval loaders and the harness read the same core definition (svdecode.catalog)."""
+    from svdecode import catalog
     from svdecode.data import commonsense
 
-    assert loaders.COMMONSENSE_DATASETS is benchmarks.COMMONSENSE_DATASETS is commonsense.COMMONSENSE_DATASETS
-    assert commonsense.LABELS is benchmarks.LABELS
+    assert loaders.COMMONSENSE_DATASETS is catalog.COMMONSENSE_DATASETS is commonsense.COMMONSENSE_DATASETS
+    assert commonsense.LABELS is catalog.LABELS
     with pytest.raises(loaders.TaskDataError, match="known: boolq, piqa"):
         loaders.load_commonsense("nope", "test", str(SHARED))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from svdecode.benchmarks import COMMONSENSE_DATASETS, COMMONSENSE_DIR
+from svdecode.catalog import COMMONSENSE_DATASETS, COMMONSENSE_DIR
 
 DATA_ENV = "SVDECODE_DATA"
 

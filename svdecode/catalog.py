@@ -1,4 +1,4 @@
-"""The benchmarks svdecode evaluates on, as plain data defined once: the evaluation task families'
+"""The benchmark catalogue svdecode evaluates on, as plain data defined once: the evaluation task families'
 names, and the commonsense datasets with their label sets. No imports, so every layer -- the
 harness, the command line and the lm-eval integration -- reads these same definitions."""
 
