@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from svdecode.calibration.objectives import (
+    BINNED,
     CHOOSABLE,
     DEFAULT_BINS,
     DEFAULT_FOLDS,
@@ -67,6 +68,10 @@ class CalibrationConfig:
             raise InputError(f"unknown objective {self.objective!r}; choose one of {', '.join(CHOOSABLE)}")
         check("folds", self.folds, Rule("int", lo=2))
         check("bins", self.bins, Rule("int", lo=0, hi=MAX_BINS))  # more is a typo (and minutes of fits)
+        if self.objective == BINNED and self.bins < 2:
+            raise InputError(
+                f"objective 'binned' needs at least 2 confidence bins (--confidence-bins; {self.bins} given)"
+            )
         check("seed", self.seed, SEED)
         check("trim", self.trim, Rule("float", lo=0, hi=0.5, hi_open=True))
         check("alpha", self.alpha, UNIT_INTERVAL, optional=True)

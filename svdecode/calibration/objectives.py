@@ -42,8 +42,8 @@ from svdecode.steering import ESTIMATORS
 OBJECTIVES = ("choice", "nll", "task", *ESTIMATORS)
 SELECT = "auto"  # the default: choose among the candidates (svdecode.calibration.selection)
 DEFAULT_OBJECTIVE = SELECT
-CHOOSABLE = (SELECT, *OBJECTIVES)
 BINNED, OFF = "binned", "off"  # the confidence-binned NLL fit; steering off
+CHOOSABLE = (SELECT, *OBJECTIVES, BINNED)  # what --objective accepts: choose, or force one candidate
 APPLIED = (*OBJECTIVES, BINNED, OFF)  # what an artifact's "objective" may say was applied
 # The calibration defaults (:class:`svdecode.calibration.config.CalibrationConfig` carries them).
 DEFAULT_FOLDS = 5  # the cross-validation folds of the selection and the guard

@@ -240,23 +240,30 @@ def choose_strength(
         raise ValueError(f"objective {objective!r} needs multiple-choice calibration items (choices=...)")
     estimates = fit_all(stats, choices, None, trim)
     bin_info = _binned(stats, bins)
+    if objective == BINNED and bin_info is None:
+        raise ValueError(
+            f"objective 'binned' needs at least 2 confidence bins of {MIN_TOKENS_PER_BIN} answer tokens: "
+            f"bins={bins}, {len(stats)} answer tokens"
+        )
     edges = bin_info["edges"] if bin_info is not None and not unbounded(bin_info["mu"]) else None
+    fitted = {**estimates, BINNED: bin_info["mu"]} if bin_info is not None else estimates
     n_items = len(set(group_ids) | ({c.id for c in choices.items} if choices else set()))
     k = min(folds, n_items)
     ff = FoldFits(stats, group_ids, choices, k, seed, edges, trim) if k >= 2 else None
+    if objective == BINNED and edges is None:  # forced bins fitted at the search bound: never applied
+        return _decision(estimates, bin_info, None, BINNED, fitted[BINNED], guard, bin_info["note"])
     if ff is None or ff.n_items < 2:
         reason = f"{n_items} item(s): too few to cross-validate"
         forced = "nll" if objective == SELECT else objective
         return _decision(
-            estimates, bin_info, None, forced if not guard else OFF, estimates[forced], guard, reason
+            estimates, bin_info, None, forced if not guard else OFF, fitted[forced], guard, reason
         )
     names = [c for c in CANDIDATES if c in estimates or (c == BINNED and edges is not None)]
     table = {}
     for name in names:
         gain, se, score = summary(ff.held_out(name))
         fold_mu = [ff.fits(frozenset({f})).get(name) for f in range(k)]
-        mu = bin_info["mu"] if name == BINNED else estimates[name]
-        table[name] = {"mu": mu, "cv_gain": gain, "se": se, "score": score, "fold_mu": fold_mu}
+        table[name] = {"mu": fitted[name], "cv_gain": gain, "se": se, "score": score, "fold_mu": fold_mu}
     if objective == SELECT:
         bounded = [n for n in names if not unbounded(table[n]["mu"])]
         chosen = ff.select(names) if guard else max(bounded, key=lambda n: table[n]["score"], default=OFF)
@@ -280,10 +287,10 @@ def choose_strength(
     reason = f"{what}: {gain:+.4g} vs its standard error {se:.3g} ({ff.n_items} items, judged on {ff.judge})"
     if guard and chosen == OFF:
         reason = "no candidate's cross-validated gain beats its standard error; " + reason
-    fitted = bin_info["mu"] if chosen == BINNED else estimates.get(chosen, 0.0)
     return _decision(
-        estimates, bin_info, selection, chosen, fitted, guard, reason, gain > 0 and gain > GATE_SE * se
-    )
+        estimates, bin_info, selection, chosen, fitted.get(chosen, 0.0), guard, reason,
+        gain > 0 and gain > GATE_SE * se,
+    )  # fmt: skip
 
 
 def _decision(

@@ -209,7 +209,8 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
         help="auto (default): every candidate below cross-validated, the best applied if nested "
         "cross-validation finds a gain; or force one: choice: most probability on the correct "
         "options of the data's choices; nll: exact minimiser of the steered NLL; task: best task "
-        "metric on the data's choices; mean/median/trimmed/pooled: the paper's estimators",
+        "metric on the data's choices; mean/median/trimmed/pooled: the paper's estimators; binned: "
+        "one nll strength per confidence bin (--confidence-bins)",
     )
     c.add_argument("--estimator", dest="objective", choices=CHOOSABLE, help=argparse.SUPPRESS)  # old name
     c.add_argument(

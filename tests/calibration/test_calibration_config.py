@@ -69,6 +69,9 @@ def test_config_defaults_overrides_and_unknown_names():
         CalibrationConfig().replace(trims=0.2, fold=3)
     with pytest.raises(InputError, match="folds"):
         CalibrationConfig(folds=1).validate()
+    with pytest.raises(InputError, match="objective 'binned' needs at least 2 confidence bins"):
+        CalibrationConfig(objective="binned", bins=1).validate()
+    assert CalibrationConfig(objective="binned").validate().objective == "binned"
     assert CalibrationConfig(seed=4).record() == {
         "objective": "auto", "guard": True, "folds": 5, "bins": 3, "seed": 4,
     }  # fmt: skip

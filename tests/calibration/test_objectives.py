@@ -112,6 +112,31 @@ def test_binned_strengths_are_fitted_recorded_and_applied_only_when_selected():
     assert auto.bins["applied"] == (auto.objective == "binned") == (auto.mu_bins is not None)
 
 
+def test_binned_can_be_forced_and_is_judged_like_any_forced_candidate():
+    stats, ids = helpful_stats(n=90)
+    out = choose_strength(stats, ids, objective="binned", bins=3)
+    sel = out.selection
+    assert sel["chosen"] == "binned" and sel["nested_picks"] is None  # forced: nothing selected
+    held_out = sel["candidates"]["binned"]
+    assert (sel["nested_gain"], sel["nested_se"]) == (held_out["cv_gain"], held_out["se"])
+    assert out.guard["passed"] == (sel["nested_gain"] > max(sel["nested_se"], 0.0))
+    unguarded = choose_strength(stats, ids, objective="binned", guard=False, bins=3)
+    assert unguarded.objective == "binned" and unguarded.mu_bins["mu"] == unguarded.bins["mu"]
+    assert unguarded.mu == unguarded.estimates["nll"]  # the scalar form of the bins
+    with pytest.raises(ValueError, match="needs at least 2 confidence bins"):
+        choose_strength(stats, ids, objective="binned", bins=0)
+    few, few_ids = helpful_stats(n=20)  # 20 answer tokens: not 2 bins of 16
+    with pytest.raises(ValueError, match="20 answer tokens"):
+        choose_strength(few, few_ids, objective="binned", bins=3)
+
+
+def test_forced_bins_at_the_search_bound_are_recorded_not_applied():
+    stats, ids = split_confidence_stats()
+    out = choose_strength(stats, ids, objective="binned", guard=False, bins=2)
+    assert -1e4 in out.bins["mu"] and out.mu == 0.0 and out.mu_bins is None and out.objective == "off"
+    assert out.guard["unbounded"] and "search bound" in out.guard["reason"]
+
+
 def split_confidence_stats(n=40, vocab=20, seed=0) -> tuple[TokenStats, list[str]]:
     """alpha = 1 keeps only the top token. Confident half: the gold token is the top one, so its
     loss falls without end as mu -> -inf (an unbounded fit); the other half pins the pooled fit."""
