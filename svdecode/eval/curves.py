@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from svdecode.calibration.calibrate import collect_choice_stats
-from svdecode.calibration.objectives import ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
+from svdecode.calibration.objectives import BINNED, ChoiceItem, ChoiceStats, ItemMetric, choice_accuracy
 from svdecode.calibration.strength import binned_mu, search_grid
 from svdecode.catalog import COMMONSENSE, TRUTHFULQA_MC
 from svdecode.eval import metrics
@@ -92,13 +92,14 @@ def mu_curve(
     choices, metric = test_choices(task, items, mc_prompt_style)
     estimates = list((main.calibration.get("estimates") or {}).values())
     grid = search_grid([s.mu for s in specs] + estimates, limit=1e3, per_decade=6)
+    binned = _binned_candidate(main)
     key = short_hash(
         {
             "task": task,
             "items": [(c.id, c.prompt, c.options) for c in choices],
             "alpha": main.alpha,
             "grid": grid,
-            "marks": [(s.name, s.mu, s.mu_bins) for s in specs],
+            "marks": [(s.name, s.mu, s.mu_bins) for s in specs + ([binned] if binned else [])],
             "model": model_fingerprint(model),
         }
     )
@@ -125,6 +126,8 @@ def mu_curve(
                 f"objective={objective}", "svdecode", mu=mu, alpha=main.alpha, estimator=objective
             )
             marks[raw.name] = _mark(raw, cs, zero, headroom, n_boot, seed)
+    if binned is not None:
+        marks[binned.name] = _mark(binned, cs, zero, headroom, n_boot, seed)
     out = {
         "oracle": "the test curve is the ORACLE: reported, never used to choose a strength",
         "metric": "MC average (MC1+MC2+MC3)/3"
@@ -147,6 +150,19 @@ def mu_curve(
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, out)
     return out
+
+
+def _binned_candidate(main: MethodSpec) -> MethodSpec | None:
+    """The calibration's confidence-binned candidate as a spec to mark, unless it is what the main
+    spec applies (then the main mark is it) or it was no candidate (bins at the search bound)."""
+    cal = main.calibration
+    if main.mu_bins or BINNED not in ((cal.get("selection") or {}).get("candidates") or {}):
+        return None
+    bins = {k: cal["bins"][k] for k in ("observable", "edges", "mu")}
+    mu = float((cal.get("estimates") or {}).get("nll", 0.0))  # the bins' single-bin form
+    return MethodSpec(
+        f"objective={BINNED}", "svdecode", mu=mu, alpha=main.alpha, estimator=BINNED, mu_bins=bins
+    )
 
 
 def _mark(

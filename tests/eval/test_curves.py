@@ -13,6 +13,8 @@ from evalkit import (
 )
 
 from svdecode import eval as ev
+from svdecode.eval.curves import mu_curve
+from svdecode.eval.methods import MethodSet, MethodSpec
 from svdecode.model.steered_model import SteeredModel
 
 
@@ -48,8 +50,12 @@ def test_mu_curve_marks_equal_direct_scoring_and_headroom_is_oracle(tmp_path, mo
 
     assert curve["at_zero"] == pytest.approx(mc_avg("peft"), abs=1e-6)
     estimates = res["methods"]["peft+svdecode"]["calibration"]["estimates"]
-    assert set(curve["marks"]) == (set(names) - {"peft"}) | {f"objective={o}" for o in estimates}
+    candidates = res["methods"]["peft+svdecode"]["calibration"]["selection"]["candidates"]
+    binned = {"objective=binned"} if "binned" in candidates else set()
+    assert set(curve["marks"]) == (set(names) - {"peft"}) | {f"objective={o}" for o in estimates} | binned
     for name, mark in curve["marks"].items():
+        if name == "objective=binned":  # tested below
+            continue
         if name not in res["methods"]:  # an objective marked from the calibration's estimates alone
             assert mark["mu"] == estimates[mark["objective"]]
             continue
@@ -61,3 +67,29 @@ def test_mu_curve_marks_equal_direct_scoring_and_headroom_is_oracle(tmp_path, mo
     cal = curve["calibration"]  # these calibration examples have no choice view: NLL only
     assert cal["mu"] and len(cal["nll_per_token"]) == len(cal["mu"]) and "task" not in cal
     assert "ORACLE" in curve["oracle"]
+
+
+def test_the_binned_candidate_is_marked_on_the_curve_unless_it_is_applied(model):
+    """The confidence-binned candidate gets its own test value (as each objective does); where it
+    is applied, the main mark is it."""
+    bins = {"observable": "log_max_p_adapted", "edges": [-2.5, -1.5], "mu": [-200.0, 50.0, 200.0]}
+    cal = {
+        "estimates": {"nll": 0.5},
+        "bins": {**bins, "applied": False},
+        "selection": {"candidates": {"binned": {"mu": bins["mu"]}}},
+    }
+    off = MethodSpec("peft+svdecode", "svdecode", mu=0.0, calibration=cal, estimator="off")
+    on = MethodSpec("peft+svdecode", "svdecode", mu=0.5, calibration=cal, estimator="binned", mu_bins=bins)
+    kw = dict(mc_prompt_style="plain", progress=False, n_boot=100)
+    marks_off = mu_curve(model, "truthfulqa_mc", MC_ITEMS, MethodSet([off]), **kw)["marks"]
+    marks_on = mu_curve(model, "truthfulqa_mc", MC_ITEMS, MethodSet([on]), **kw)["marks"]
+    mark = marks_off["objective=binned"]
+    assert mark["binned"] and mark["objective"] == "binned" and "objective=binned" not in marks_on
+    assert mark["test"] == pytest.approx(marks_on["peft+svdecode"]["test"], abs=1e-12)
+    assert mark["mu"] == 0.5 and marks_off["objective=nll"]["binned"] is False
+    no_candidate = {**cal, "selection": {"candidates": {}}}  # bins at the search bound: no candidate
+    off_only = MethodSpec("peft+svdecode", "svdecode", calibration=no_candidate, estimator="off")
+    assert (
+        "objective=binned"
+        not in mu_curve(model, "truthfulqa_mc", MC_ITEMS, MethodSet([off_only]), **kw)["marks"]
+    )
