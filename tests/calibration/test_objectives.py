@@ -135,6 +135,7 @@ def test_forced_bins_at_the_search_bound_are_recorded_not_applied():
     out = choose_strength(stats, ids, objective="binned", guard=False, bins=2)
     assert -1e4 in out.bins["mu"] and out.mu == 0.0 and out.mu_bins is None and out.objective == "off"
     assert out.guard["unbounded"] and "search bound" in out.guard["reason"]
+    assert out.selection is None  # no candidate to cross-validate (not a record of zero gains)
 
 
 def split_confidence_stats(n=40, vocab=20, seed=0) -> tuple[TokenStats, list[str]]:
