@@ -24,6 +24,7 @@ from svdecode.eval.plots import (
 )
 from svdecode.eval.tables import (
     as_num,
+    candidates_summary,
     ci_text,
     curve_table_rows,
     headline,
@@ -32,6 +33,7 @@ from svdecode.eval.tables import (
     num,
     objectives_summary,
     pct,
+    selection_summary,
     task_columns,
     task_title,
 )
@@ -316,6 +318,24 @@ def _across_runs(runs: Sequence[Mapping[str, Any]], labels: Sequence[str], out: 
             "each objective's unguarded strength; `captured` = applied gain / headroom.",
             "",
             summary,
+            "",
+        ]
+    labelled = list(zip(labels, runs, strict=True))
+    selection, candidates = selection_summary(labelled), candidates_summary(labelled)
+    if selection:
+        md += [
+            "## The calibration's choice (selection and nested guard)",
+            "",
+            "`chosen`: the candidate with the best score (cross-validated gain - 1 SE on the "
+            "calibration items) or off; the nested gain estimates select-then-apply and must beat "
+            "its SE for steering to be on. Test columns: paired differences vs mu = 0 in points "
+            "(95% CIs) of what was applied and of the chosen candidate at its own strength.",
+            "",
+            selection,
+            "",
+            "Every candidate on the calibration items (mu: cross-validated gain +- SE; bold = chosen):",
+            "",
+            candidates,
             "",
         ]
     tasks = list(dict.fromkeys(t for run in runs for t in run.get("tasks", {})))

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from svdecode.calibration.objectives import BINNED, OFF
 from svdecode.catalog import COMMONSENSE, TRUTHFULQA_GEN, TRUTHFULQA_MC
 
 
@@ -126,7 +127,14 @@ def _objective_mark(marks: Mapping[str, Any], objective: str) -> Mapping[str, An
     own = marks.get(f"objective={objective}")
     if own is not None:
         return own
-    return next((m for m in marks.values() if m.get("objective") == objective and not m.get("binned")), None)
+    return next(
+        (
+            m
+            for m in marks.values()
+            if m.get("objective") == objective and (not m.get("binned") or objective == BINNED)
+        ),
+        None,
+    )
 
 
 def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
@@ -179,3 +187,68 @@ def objectives_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | N
         "captured",
     ]
     return markdown_table(header, rows)
+
+
+def _selections(runs: Sequence[tuple[str, Mapping[str, Any]]]):
+    """(label, task, selection record, curve marks) of every run and task whose calibration chose
+    among candidates and that has a strength curve."""
+    for label, run in runs:
+        for task, res in run.get("tasks", {}).items():
+            spec = (res.get("methods") or {}).get("peft+svdecode") or {}
+            sel = (spec.get("calibration") or {}).get("selection")
+            if sel and res.get("mu_curve"):
+                yield label, task, sel, res["mu_curve"]["marks"]
+
+
+def _gain(sel: Mapping[str, Any], x: float) -> str:
+    """A cross-validated gain in the judge's unit: points of the task metric, or nats per token."""
+    return _signed(x) if sel.get("judge") == "task" else f"{x:+.3g} nats"
+
+
+def selection_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
+    """One row per run and task: the candidate the selection chose (and its score), the nested
+    estimate of select-then-apply, what was applied with its test gain, the chosen candidate's own
+    strength on test, and whether the nested estimate's sign matched that test gain. None when no
+    run has a selection record and a curve."""
+    rows = []
+    for label, task, sel, marks in _selections(runs):
+        chosen = sel["chosen"]
+        score = sel["candidates"].get(chosen, {}).get("score")
+        own = None if chosen == OFF else _objective_mark(marks, chosen)
+        sign = (
+            "-" if own is None else ("yes" if (sel["nested_gain"] > 0) == (own["diff"]["diff"] > 0) else "no")
+        )
+        rows.append(
+            [
+                label,
+                task_title(task),
+                chosen if score is None else f"{chosen} ({_gain(sel, score)})",
+                f"{_gain(sel, sel['nested_gain'])} ± {_gain(sel, sel['nested_se']).lstrip('+')}",
+                f"{sel.get('applied', '-')}: {_diff_cell(marks.get('peft+svdecode'))}",
+                _diff_cell(own),
+                sign,
+            ]
+        )
+    header = ["run", "benchmark", "chosen (score)", "nested gain ± SE", "applied: test diff [95% CI]",
+              "chosen at its own mu: test diff", "nested sign = test sign"]  # fmt: skip
+    return markdown_table(header, rows) if rows else None
+
+
+def candidates_summary(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
+    """One row per run and task: every candidate's strength and cross-validated gain +- its
+    standard error (the chosen one in bold). None without selection records."""
+    found = list(_selections(runs))
+    names = list(dict.fromkeys(n for *_, sel, _ in found for n in sel["candidates"]))
+    rows = []
+    for label, task, sel, _ in found:
+        cells = []
+        for name in names:
+            c = sel["candidates"].get(name)
+            if c is None:
+                cells.append("-")
+                continue
+            mu = ", ".join(num(m, 3) for m in c["mu"]) if isinstance(c["mu"], list) else num(c["mu"], 3)
+            cell = f"{mu}: {_gain(sel, c['cv_gain'])} ± {_gain(sel, c['se']).lstrip('+')}"
+            cells.append(f"**{cell}**" if name == sel["chosen"] else cell)
+        rows.append([label, task_title(task), *cells])
+    return markdown_table(["run", "benchmark", *names], rows) if rows else None

@@ -278,3 +278,45 @@ def test_methods_table_says_when_the_guard_turned_steering_off():
     cal_on = {"n_tokens": 747, "guard": {**guard, "passed": True}}
     on = _methods_table({"methods": {"peft+svdecode": {**methods["peft+svdecode"], "calibration": cal_on}}})
     assert "steering off" not in on
+
+
+def test_selection_and_candidate_tables_come_from_the_selection_record():
+    from svdecode.eval.tables import candidates_summary, selection_summary
+
+    def sel(chosen, applied, nested, se, judge="task"):
+        cands = {
+            "nll": {"mu": 1.29, "cv_gain": 0.011, "se": 0.0108, "score": 0.0002},
+            "binned": {"mu": [1.18, 8.89], "cv_gain": -0.004, "se": 0.01, "score": -0.014},
+        }
+        return {"chosen": chosen, "applied": applied, "nested_gain": nested, "nested_se": se,
+                "judge": judge, "candidates": cands}  # fmt: skip
+
+    def run(selection, marks):
+        spec = {"method": "svdecode", "calibration": {"selection": selection}}
+        curve = {"marks": marks}
+        return {"tasks": {"truthfulqa_mc": {"methods": {"peft+svdecode": spec}, "mu_curve": curve}}}
+
+    off = {"peft+svdecode": {**_mark(0.0, 0.0, 0.0, 0.0, 0.0), "objective": "off"}}
+    nll = {**_mark(1.29, 0.0035, -0.009, 0.015, 0.7), "objective": "nll"}
+    binned = {**_mark(1.29, -0.002, -0.01, 0.01, None), "objective": "binned", "binned": True}
+    runs = [
+        ("weak", run(sel("nll", "off", 0.0047, 0.0101), {**off, "objective=nll": nll})),
+        ("wrong", run(sel("binned", "off", -0.01, 0.008), {**off, "objective=binned": binned})),
+        ("on", run(sel("binned", "binned", 0.02, 0.01), {"peft+svdecode": binned})),
+        ("none", run(sel("off", "off", -0.001, 0.001), off)),
+        ("no record", {"tasks": {"truthfulqa_mc": {"mu_curve": {"marks": off}}}}),
+    ]
+    rows = [line.split(" | ") for line in selection_summary(runs).splitlines()[2:]]
+    assert len(rows) == 4  # the run without a selection record has no row
+    assert rows[0][2:] == [
+        "nll (+0.02)", "+0.47 ± 1.01", "off: +0.00 [+0.00, +0.00]", "+0.35 [-0.90, +1.50]", "yes |"
+    ]  # fmt: skip
+    assert rows[1][2] == "binned (-1.40)" and rows[1][5:] == ["-0.20 [-1.00, +1.00]", "yes |"]
+    assert rows[2][4:] == ["binned: -0.20 [-1.00, +1.00]", "-0.20 [-1.00, +1.00]", "no |"]  # applied bins
+    assert rows[3][2] == "off" and rows[3][5:] == ["-", "- |"]
+    cands = candidates_summary(runs).splitlines()
+    assert cands[0] == "| run | benchmark | nll | binned |"
+    assert cands[2].split(" | ")[2:] == ["**1.29: +1.10 ± 1.08**", "1.18, 8.89: -0.40 ± 1.00 |"]
+    nats = run(sel("nll", "nll", 0.02, 0.01, judge="nll"), {"peft+svdecode": nll})
+    assert "+0.02 nats ± 0.01 nats" in selection_summary([("nats", nats)])
+    assert selection_summary(runs[4:]) is None and candidates_summary(runs[4:]) is None
