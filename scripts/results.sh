@@ -5,8 +5,8 @@
 # an interrupted warm-start, a stage asked the same is reused, and evaluations resume from their
 # per-item caches. Calibration everywhere: the default (auto: every candidate objective and the
 # 3-bin confidence fit cross-validated, the best chosen, applied only if nested 5-fold CV finds a
-# gain; svdecode.calibration.selection; docs/results.md §2 ran the old default, nll); every evaluation records every objective's strength and
-# the strength curve (test = ORACLE) from one extra scoring pass.
+# gain; svdecode.calibration.selection); every evaluation records every candidate's strength, the
+# calibration's choice and the strength curve (test = ORACLE) from one extra scoring pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
