@@ -620,11 +620,15 @@ def test_cli_serve_api_key_and_sigterm(steered_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
     log.seek(0)
-    assert "Waiting for connections to close" in log.read()
+    # uvicorn's "Waiting for connections to close" shows only when the tiny model has not finished
+    # the stream by the time the signal lands (a race in a subprocess); that an in-flight stream
+    # runs to its end is tested deterministically in-process (the graceful-shutdown test above)
+    text = log.read()
+    assert "Finished server process" in text and "svdecode serve: terminated (SIGTERM)" in text
 
 
 def _up(url: str) -> bool:
     try:
         return httpx.get(url + "/health").status_code == 200
-    except httpx.ConnectError:
+    except httpx.TransportError:  # refused, or accepted and then reset by a server shutting down
         return False
