@@ -175,6 +175,7 @@ def _mark(
     return {
         "mu": spec.mu,
         "binned": bool(spec.mu_bins),
+        "mu_bins": list(spec.mu_bins["mu"]) if spec.mu_bins else None,  # the strengths applied per bin
         "objective": spec.estimator,
         "test": sum(vals) / len(vals),
         "diff": diff,

@@ -253,7 +253,14 @@ def results_markdown(results: Mapping[str, Any], title: str = "svdecode evaluati
 def _curve_section(curve: Mapping[str, Any]) -> str:
     """The mu-curve summary: headroom (ORACLE) and what each objective's strength captures."""
     rows = [
-        [name, obj, num(mu), pct(test), ci_text(d, lo, hi), "-" if share is None else f"{100 * share:.0f}%"]
+        [
+            name,
+            obj,
+            ", ".join(num(m) for m in mu) if isinstance(mu, list) else num(mu),
+            pct(test),
+            ci_text(d, lo, hi),
+            "-" if share is None else f"{100 * share:.0f}%",
+        ]
         for name, obj, mu, test, d, lo, hi, share in curve_table_rows(curve)
     ]
     head = (

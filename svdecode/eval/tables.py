@@ -99,7 +99,7 @@ def curve_table_rows(curve: Mapping[str, Any]) -> list[list[Any]]:
             [
                 name,
                 m.get("objective") or "-",
-                m["mu"],
+                m.get("mu_bins") or m["mu"],  # a binned strength shows its bins' strengths
                 m["test"],
                 d["diff"],
                 d["lo"],

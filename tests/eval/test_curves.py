@@ -15,6 +15,7 @@ from evalkit import (
 from svdecode import eval as ev
 from svdecode.eval.curves import mu_curve
 from svdecode.eval.methods import MethodSet, MethodSpec
+from svdecode.eval.tables import curve_table_rows
 from svdecode.model.steered_model import SteeredModel
 
 
@@ -87,6 +88,8 @@ def test_the_binned_candidate_is_marked_on_the_curve_unless_it_is_applied(model)
     assert mark["binned"] and mark["objective"] == "binned" and "objective=binned" not in marks_on
     assert mark["test"] == pytest.approx(marks_on["peft+svdecode"]["test"], abs=1e-12)
     assert mark["mu"] == 0.5 and marks_off["objective=nll"]["binned"] is False
+    assert mark["mu_bins"] == bins["mu"] and marks_off["objective=nll"]["mu_bins"] is None
+    assert [row[2] for row in curve_table_rows({"marks": {"b": mark}})] == [bins["mu"]]  # shown as bins
     no_candidate = {**cal, "selection": {"candidates": {}}}  # bins at the search bound: no candidate
     off_only = MethodSpec("peft+svdecode", "svdecode", calibration=no_candidate, estimator="off")
     assert (
