@@ -36,6 +36,19 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # hand-offs cost milliseconds per operation.
 torch.set_num_threads(1)
 
+# the row counts of ../shared/data's test splits (PROVENANCE.md), which two loaders must both read
+TEST_ROWS = {
+    "boolq": 3270,
+    "piqa": 64,
+    "social_i_qa": 1954,
+    "hellaswag": 64,
+    "winogrande": 1267,
+    "ARC-Easy": 2376,
+    "ARC-Challenge": 1172,
+    "openbookqa": 500,
+}
+TRUTHFULQA_ROWS = 817
+
 CORPUS = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
     "### Instruction: Please answer the following question with true or false. ### Response:",

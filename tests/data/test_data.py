@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
+from conftest import TEST_ROWS, TRUTHFULQA_ROWS
 
 from svdecode import data as D
 from svdecode.data import DataError, Example
@@ -23,17 +24,6 @@ TRAIN_ROWS = {
     "ARC-Challenge": 1119,
     "openbookqa": 4957,
 }
-TEST_ROWS = {
-    "boolq": 3270,
-    "piqa": 64,
-    "social_i_qa": 1954,
-    "hellaswag": 64,
-    "winogrande": 1267,
-    "ARC-Easy": 2376,
-    "ARC-Challenge": 1172,
-    "openbookqa": 500,
-}
-TRUTHFULQA_ROWS = 817
 
 
 @pytest.fixture(scope="module")
