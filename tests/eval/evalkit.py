@@ -36,11 +36,6 @@ def make_steered(seed: int = 0) -> SteeredModel:
     return SteeredModel.from_peft(peft_model.eval(), tok)
 
 
-@pytest.fixture(scope="module")
-def model() -> SteeredModel:
-    return make_steered()
-
-
 CALIB = [
     Example(f"calib/{i}", "boolq", p, a)
     for i, (p, a) in enumerate(
